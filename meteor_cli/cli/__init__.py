@@ -1,0 +1,1 @@
+"""The ``meteor`` command line: one module per subcommand, each a thin skin over the library."""

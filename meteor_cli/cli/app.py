@@ -1,0 +1,82 @@
+"""The ``meteor`` command: wires one entry function per subcommand (litgpt-style).
+
+Every subcommand module exposes ``main``; this file only registers them, in pipeline order.
+Shell completion: ``meteor --install-completion`` or the scripts in ``completions/``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from meteor_cli import __version__
+from meteor_cli.cli import (
+    allocate,
+    eval as eval_cmd,
+    flops,
+    infer,
+    inspect_cmd,
+    list_cmd,
+    prune_llm,
+    rank_estimate,
+    train,
+)
+from meteor_cli.cli.common import MeteorGroup, meteor_command
+
+HELP = """\
+METEOR: prune visual tokens at every stage of a multi-encoder vision-language model.
+
+Pipeline: rank-estimate → allocate → train → prune-llm → eval | infer | flops.
+Each stage reads and writes self-describing artifacts (JSON or safetensors; `-` = stdin/stdout).
+
+Every option can also be set in ./meteor.toml (or --config FILE) and through environment
+variables METEOR_<COMMAND>_<OPTION> or METEOR_<OPTION> (e.g. METEOR_DEVICE=npu:0);
+precedence: command line > environment > file > default. `--show-config` shows the result.
+"""
+
+#: Subcommand name → entry function, in the order `meteor --help` lists them.
+COMMANDS = {
+    "rank-estimate": rank_estimate.main,
+    "allocate": allocate.main,
+    "train": train.main,
+    "prune-llm": prune_llm.main,
+    "eval": eval_cmd.main,
+    "flops": flops.main,
+    "infer": infer.main,
+    "list": list_cmd.main,
+    "inspect": inspect_cmd.main,
+}
+
+app = typer.Typer(
+    name="meteor",
+    cls=MeteorGroup,
+    help=HELP,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"meteor {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+@meteor_command(None)
+def root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Common options given before the subcommand apply to it (its own flags win)."""
+
+
+for _name, _fn in COMMANDS.items():
+    app.command(_name)(_fn)
+
+
+def main() -> None:
+    """Console-script entry point (``meteor``)."""
+    app(prog_name="meteor")

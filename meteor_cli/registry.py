@@ -1,0 +1,248 @@
+"""Decorator registries for encoders, pruning policies, benchmarks and model presets.
+
+Everything that can be swapped in meteor is looked up by name in one of these registries, so a
+baseline, a new encoder family or a third-party plugin runs through the same code path as the
+built-in ones::
+
+    from meteor_cli.registry import register_policy
+
+    @register_policy("random", stage=2, description="uniform random tokens, seeded per sample")
+    def random_prune(state, keep, *, seed=0): ...
+
+    list_policies("*prune*")          # fnmatch filter, sorted names
+    POLICIES.get("random")            # the registered object (KeyError-like error with suggestions)
+
+Registering a name twice warns (:class:`DuplicateRegistrationWarning`) and the later
+registration wins, as in timm's ``register_model``.
+
+Plugins
+-------
+A distribution can add entries by declaring an entry point in the group ``meteor.plugins``::
+
+    [project.entry-points."meteor.plugins"]
+    my_encoders = "my_package.meteor_plugin"            # a module: importing it registers
+    my_policies = "my_package.meteor_plugin:register"   # or a callable: called with no arguments
+
+:func:`load_plugins` imports them once (``meteor list`` and every stage call it). A plugin that
+fails to load produces a warning naming it and never breaks the CLI. See ``plugins/README.md``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import importlib
+import logging
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any, Generic, TypeVar
+
+from meteor_cli.errors import UsageError
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+PLUGIN_GROUP = "meteor.plugins"
+
+
+class DuplicateRegistrationWarning(UserWarning):
+    """A name was registered twice in the same registry; the later one replaced the earlier."""
+
+
+@dataclass(frozen=True)
+class Entry(Generic[T]):
+    """One registered object and what ``meteor list`` shows about it."""
+
+    name: str
+    obj: T
+    description: str
+    module: str
+    #: Free-form metadata (e.g. ``stage`` for pruning policies, ``family`` for encoders).
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class Registry(Generic[T]):
+    """A named collection of objects filled by a decorator.
+
+    Args:
+        kind: human name of what is registered ("encoder", "pruning policy"), used in messages.
+    """
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._entries: dict[str, Entry[T]] = {}
+
+    def register(
+        self, name: str | None = None, *, description: str | None = None, **meta: Any
+    ) -> Callable[[T], T]:
+        """Return a decorator that registers its target under ``name`` (default: its ``__name__``).
+
+        The description defaults to the first line of the target's docstring.
+        """
+
+        def decorator(obj: T) -> T:
+            key = name or getattr(obj, "__name__", None)
+            if not key:
+                raise TypeError(f"cannot infer a {self.kind} name for {obj!r}; pass name=")
+            self.add(key, obj, description=description, **meta)
+            return obj
+
+        return decorator
+
+    def add(self, name: str, obj: T, *, description: str | None = None, **meta: Any) -> None:
+        """Register ``obj`` under ``name`` (the non-decorator form of :meth:`register`)."""
+        if name in self._entries:
+            old = self._entries[name]
+            warnings.warn(
+                f"{self.kind} {name!r} registered twice ({old.module} and "
+                f"{getattr(obj, '__module__', '?')}); the later registration wins",
+                DuplicateRegistrationWarning,
+                stacklevel=3,
+            )
+        doc = (getattr(obj, "__doc__", None) or "").strip().splitlines()
+        self._entries[name] = Entry(
+            name=name,
+            obj=obj,
+            description=description if description is not None else (doc[0] if doc else ""),
+            module=getattr(obj, "__module__", "") or "",
+            meta=dict(meta),
+        )
+
+    def get(self, name: str) -> T:
+        """The object registered under ``name``; a :class:`UsageError` with suggestions if absent."""
+        return self.entry(name).obj
+
+    def entry(self, name: str) -> Entry[T]:
+        """The full :class:`Entry` for ``name``."""
+        try:
+            return self._entries[name]
+        except KeyError:
+            close = difflib.get_close_matches(name, self._entries, n=3)
+            known = ", ".join(sorted(self._entries)) or "none registered"
+            hint = f"did you mean {' or '.join(map(repr, close))}?" if close else f"known: {known}"
+            raise UsageError(
+                f"unknown {self.kind} {name!r}",
+                f"{hint} (`meteor list` shows every registered {self.kind})",
+            ) from None
+
+    def list(self, filter: str = "*", exclude: str | list[str] | None = None) -> list[str]:
+        """Sorted names matching the fnmatch pattern ``filter`` and none of ``exclude``."""
+        excludes = [exclude] if isinstance(exclude, str) else list(exclude or [])
+        return sorted(
+            n
+            for n in self._entries
+            if fnmatch.fnmatchcase(n, filter)
+            and not any(fnmatch.fnmatchcase(n, e) for e in excludes)
+        )
+
+    def entries(self, filter: str = "*") -> list[Entry[T]]:
+        """Entries for :meth:`list` ``(filter)``, in name order."""
+        return [self._entries[n] for n in self.list(filter)]
+
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` (mainly for tests); no error if absent."""
+        self._entries.pop(name, None)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.list())
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __repr__(self) -> str:
+        return f"Registry({self.kind!r}, {len(self)} entries)"
+
+
+ENCODERS: Registry[Any] = Registry("encoder")
+POLICIES: Registry[Any] = Registry("pruning policy")
+BENCHMARKS: Registry[Any] = Registry("benchmark")
+PRESETS: Registry[Any] = Registry("preset")
+
+#: Registries by the plural noun ``meteor list`` takes.
+REGISTRIES: dict[str, Registry[Any]] = {
+    "encoders": ENCODERS,
+    "policies": POLICIES,
+    "benchmarks": BENCHMARKS,
+    "presets": PRESETS,
+}
+
+
+def register_encoder(name: str | None = None, **kw: Any) -> Callable[[T], T]:
+    """Register an encoder adapter class (``meta``: ``family``)."""
+    return ENCODERS.register(name, **kw)
+
+
+def register_policy(name: str | None = None, *, stage: int, **kw: Any) -> Callable[[T], T]:
+    """Register a pruning policy for ``stage`` 1 (in-encoder), 2 (fusion) or 3 (LLM)."""
+    if stage not in (1, 2, 3):
+        raise ValueError(f"stage must be 1, 2 or 3, got {stage!r}")
+    return POLICIES.register(name, stage=stage, **kw)
+
+
+def register_benchmark(name: str | None = None, **kw: Any) -> Callable[[T], T]:
+    """Register a benchmark (data loader + metric)."""
+    return BENCHMARKS.register(name, **kw)
+
+
+def register_preset(name: str | None = None, **kw: Any) -> Callable[[T], T]:
+    """Register a model preset: a function returning a ``ModelConfig``."""
+    return PRESETS.register(name, **kw)
+
+
+def list_encoders(filter: str = "*") -> list[str]:
+    return ENCODERS.list(filter)
+
+
+def list_policies(filter: str = "*", stage: int | None = None) -> list[str]:
+    return [n for n in POLICIES.list(filter) if stage is None or POLICIES.entry(n).meta.get("stage") == stage]
+
+
+def list_benchmarks(filter: str = "*") -> list[str]:
+    return BENCHMARKS.list(filter)
+
+
+def list_presets(filter: str = "*") -> list[str]:
+    return PRESETS.list(filter)
+
+
+#: Modules whose import registers meteor's own entries. Later stages append to this list;
+#: import is deferred so that ``meteor --help`` and shell completion stay fast.
+BUILTIN_MODULES: list[str] = []
+
+_loaded = False
+
+
+def load_builtins_and_plugins(*, force: bool = False) -> list[str]:
+    """Import meteor's built-in registrations and every ``meteor.plugins`` entry point, once.
+
+    Returns the names of the plugins that loaded. A plugin that raises is reported with a
+    warning (naming the entry point and the error) and skipped.
+    """
+    global _loaded
+    if _loaded and not force:
+        return []
+    _loaded = True
+    for mod in BUILTIN_MODULES:
+        importlib.import_module(mod)
+    return load_plugins()
+
+
+def load_plugins(group: str = PLUGIN_GROUP) -> list[str]:
+    """Load every entry point of ``group``: import it, and call it if it is a callable."""
+    loaded = []
+    for ep in entry_points(group=group):
+        try:
+            obj = ep.load()
+            if callable(obj) and ":" in ep.value:
+                obj()
+        except Exception as exc:  # a broken plugin must not break the CLI
+            warnings.warn(f"meteor plugin {ep.name!r} ({ep.value}) failed to load: {exc}", stacklevel=2)
+            continue
+        log.debug("loaded meteor plugin %s (%s)", ep.name, ep.value)
+        loaded.append(ep.name)
+    return loaded
