@@ -1,0 +1,12 @@
+
+_meteor_completion() {
+    local IFS=$'
+'
+    COMPREPLY=( $( env COMP_WORDS="${COMP_WORDS[*]}" \
+                   COMP_CWORD=$COMP_CWORD \
+                   _METEOR_COMPLETE=complete_bash $1 ) )
+    return 0
+}
+
+complete -o default -F _meteor_completion meteor
+

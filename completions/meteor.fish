@@ -1,0 +1,1 @@
+complete --command meteor --no-files --arguments "(env _METEOR_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS=(commandline -cp) meteor)" --condition "env _METEOR_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=is-args _TYPER_COMPLETE_ARGS=(commandline -cp) meteor"

@@ -1,0 +1,103 @@
+#!/usr/bin/env python3
+"""Developer tasks that need nothing but Python 3.10+ and pip (no make, no shell tricks).
+
+    python3 tasks.py test [PYTEST ARGS]   create .venv if needed, install meteor, run the test suite
+    python3 tasks.py demo                 create .venv if needed, install meteor, run the demo pipeline
+    python3 tasks.py venv                 only (re)install into .venv
+    python3 tasks.py completions          regenerate completions/meteor.{bash,zsh,fish}
+
+The virtual environment lives in ``.venv`` (override with ``METEOR_VENV=DIR``). It is reinstalled
+whenever ``pyproject.toml`` or ``constraints.txt`` change. Every install passes
+``-c constraints.txt``, which pins torch/torchvision to the pair that works with timm on the
+project machines (see docs/environment.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = Path(os.environ.get("METEOR_VENV", ROOT / ".venv"))
+BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
+PY = BIN / ("python.exe" if os.name == "nt" else "python")
+STAMP = VENV / ".meteor-install-stamp"
+SHELLS = ("bash", "zsh", "fish")
+
+
+def sh(*cmd: str | Path, **kw: object) -> None:
+    print("+", " ".join(map(str, cmd)), flush=True)
+    subprocess.run([str(c) for c in cmd], check=True, **kw)  # type: ignore[arg-type]
+
+
+def _fingerprint() -> str:
+    h = hashlib.sha256()
+    for name in ("pyproject.toml", "constraints.txt"):
+        h.update((ROOT / name).read_bytes())
+    return h.hexdigest()
+
+
+def venv() -> None:
+    """Create ``.venv`` and install meteor with its dev extra, unless already up to date."""
+    if sys.version_info < (3, 10):
+        sys.exit(f"meteor needs Python 3.10 or newer; this is {sys.version.split()[0]}")
+    if STAMP.exists() and STAMP.read_text() == _fingerprint() and PY.exists():
+        return
+    if not PY.exists():
+        sh(sys.executable, "-m", "venv", VENV)
+    sh(PY, "-m", "pip", "install", "--quiet", "--upgrade", "pip")
+    sh(PY, "-m", "pip", "install", "-c", ROOT / "constraints.txt", "-e", f"{ROOT}[dev]")
+    STAMP.write_text(_fingerprint())
+
+
+def test(args: list[str]) -> None:
+    venv()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    os.chdir(ROOT)
+    os.execve(str(PY), [str(PY), "-m", "pytest", *args], env)
+
+
+def demo(args: list[str]) -> None:
+    """Run the pipeline as far as this release goes, in a scratch directory."""
+    venv()
+    meteor = BIN / "meteor"
+    out = Path(args[0]) if args else Path(tempfile.mkdtemp(prefix="meteor-demo-"))
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"demo output directory: {out}", flush=True)
+    sh(meteor, "--version")
+    sh(meteor, "list")
+    # Stages that are not built yet exit with code 2 and say so; show that honestly.
+    for stage in ("rank-estimate", "allocate", "train", "prune-llm", "eval", "flops", "infer"):
+        code = subprocess.run([str(meteor), stage, "--device", "cpu"], cwd=out).returncode
+        print(f"meteor {stage}: exit code {code}" + (" (not built yet)" if code == 2 else ""), flush=True)
+
+
+def completions(args: list[str]) -> None:
+    """Write completions/meteor.<shell>, generated from the installed CLI."""
+    venv()
+    target = ROOT / "completions"
+    target.mkdir(exist_ok=True)
+    for shell in SHELLS:
+        script = subprocess.run(
+            [str(PY), "-m", "meteor_cli"], env={**os.environ, "_METEOR_COMPLETE": f"source_{shell}"},
+            capture_output=True, text=True, check=True,
+        ).stdout
+        (target / f"meteor.{shell}").write_text(script)
+        print(f"wrote {target / f'meteor.{shell}'}")
+
+
+def clean(args: list[str]) -> None:
+    shutil.rmtree(VENV, ignore_errors=True)
+
+
+TASKS = {"venv": lambda a: venv(), "test": test, "demo": demo, "completions": completions, "clean": clean}
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2 or sys.argv[1] not in TASKS:
+        sys.exit(__doc__)
+    TASKS[sys.argv[1]](sys.argv[2:])
