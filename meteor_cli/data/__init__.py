@@ -1,0 +1,1 @@
+"""Data: LLaVA-format instruction and evaluation files, images, the synthetic benchmark."""

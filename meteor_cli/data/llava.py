@@ -1,0 +1,190 @@
+"""LLaVA-format instruction data, streamed: records, deterministic samples, shards, images.
+
+The LLaVA-1.5 instruction set is one JSON list of 665k records (about 1 GB); meteor never loads
+it whole. A record looks like::
+
+    {"id": "000000033471", "image": "coco/train2017/000000033471.jpg",
+     "conversations": [{"from": "human", "value": "<image>\\nWhat are the colors of the bus?"},
+                       {"from": "gpt", "value": "The bus is white and red."}]}
+
+Files may be a JSON list (``.json``) or one record per line (``.jsonl``); both are read
+incrementally. Records without ``image`` are text-only and are skipped (and counted) by the
+stages that need images.
+
+Sampling is deterministic from a seed, and the sampled record ids are what artifacts store, so
+a run can be repeated exactly::
+
+    sample = sample_records("train.json", fraction=0.001, seed=0)   # → Sample(indices, ids, ...)
+    for rec in iter_selected("train.json", sample.indices): ...
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from meteor_cli.errors import InputNotFoundError, InvalidInputError, UsageError
+
+_CHUNK = 1 << 20
+
+
+def iter_json_records(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
+    """Yield the objects of a JSON list or a JSONL file, reading 1 MiB at a time.
+
+    Raises:
+        InputNotFoundError: the file is missing (exit code 3).
+        InvalidInputError: the content is neither a JSON list of objects nor JSONL (exit code 4),
+            naming the record number where parsing failed.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise InputNotFoundError(f"data file {str(path)!r} does not exist",
+                                 "pass a LLaVA-format JSON or JSONL file with --data")
+    decoder = json.JSONDecoder()
+    with open(p, encoding="utf-8") as f:
+        buf = f.read(_CHUNK)
+        pos = _skip_ws(buf, 0)
+        is_list = buf[pos:pos + 1] == "["
+        if is_list:
+            pos += 1
+        n = 0
+        while True:
+            pos = _skip_ws(buf, pos)
+            if is_list and buf[pos:pos + 1] == ",":
+                pos = _skip_ws(buf, pos + 1)
+            if pos >= len(buf):
+                more = f.read(_CHUNK)
+                if not more:
+                    if is_list:
+                        raise InvalidInputError(f"{p}: the JSON list is not closed (file truncated?)",
+                                                "check that the file was copied completely")
+                    return
+                buf, pos = buf[pos:] + more, 0
+                continue
+            if is_list and buf[pos] == "]":
+                return
+            try:
+                obj, end = decoder.raw_decode(buf, pos)
+            except json.JSONDecodeError as exc:
+                more = f.read(_CHUNK)
+                if more:  # the object straddles the buffer end: read on and retry
+                    buf, pos = buf[pos:] + more, 0
+                    continue
+                raise InvalidInputError(
+                    f"{p}: record {n} is not valid JSON ({exc.msg})",
+                    "the file must be a JSON list of records or one JSON object per line (JSONL)",
+                ) from None
+            if not isinstance(obj, dict):
+                raise InvalidInputError(f"{p}: record {n} is a {type(obj).__name__}, not an object",
+                                        "each record is an object with `image` and `conversations`")
+            yield obj
+            n += 1
+            pos = end
+            if pos > _CHUNK:  # keep the buffer small
+                buf, pos = buf[pos:], 0
+
+
+def _skip_ws(buf: str, pos: int) -> int:
+    while pos < len(buf) and buf[pos] in " \t\r\n":
+        pos += 1
+    return pos
+
+
+def record_id(record: dict[str, Any], index: int) -> str:
+    """The record's ``id`` (or ``question_id``), else its 0-based position in the file."""
+    rid = record.get("id", record.get("question_id"))
+    return str(rid) if rid is not None else f"#{index}"
+
+
+@dataclass(frozen=True)
+class Sample:
+    """A deterministic selection of image records of one data file."""
+
+    indices: list[int]  # positions in the file, ascending
+    ids: list[str]  # record ids, same order
+    n_records: int  # records in the file
+    n_without_image: int  # text-only records, never sampled
+
+    def shard(self, num_chunks: int, chunk_idx: int) -> Sample:
+        """Chunk ``chunk_idx`` of ``num_chunks`` contiguous chunks of size ceil(n/num_chunks),
+        as LLaVA's ``--num-chunks/--chunk-idx`` (so a SLURM array maps one task to one chunk)."""
+        if num_chunks < 1 or not 0 <= chunk_idx < num_chunks:
+            raise UsageError(f"--chunk-idx {chunk_idx} is outside 0..{num_chunks - 1}",
+                             "use 0-based chunk indices below --num-chunks")
+        size = math.ceil(len(self.indices) / num_chunks) if self.indices else 0
+        sl = slice(chunk_idx * size, (chunk_idx + 1) * size)
+        return Sample(self.indices[sl], self.ids[sl], self.n_records, self.n_without_image)
+
+
+def sample_records(
+    path: str | os.PathLike[str], *, fraction: float | None = None, count: int | None = None, seed: int = 0
+) -> Sample:
+    """Choose image records deterministically from ``seed``: a ``fraction`` or an exact ``count``.
+
+    One streaming pass collects the positions and ids of the image records (a few MB even for
+    665k records), then a seeded NumPy generator picks ``k = max(1, round(fraction·n))`` (or ``count``)
+    of them without replacement. Same file, same seed → same sample, on any machine.
+    """
+    import numpy as np
+
+    if (fraction is None) == (count is None):
+        raise UsageError("give exactly one of a sample fraction and a count", "use --sample F or --count N")
+    positions: list[int] = []
+    ids: list[str] = []
+    n = 0
+    for n, rec in enumerate(iter_json_records(path), start=1):
+        if rec.get("image"):
+            positions.append(n - 1)
+            ids.append(record_id(rec, n - 1))
+    if not positions:
+        raise InvalidInputError(f"{path}: none of its {n} records has an `image`",
+                                "pass the multimodal instruction data (records with `image` paths)")
+    total = len(positions)
+    if count is not None:
+        k = min(count, total)
+    else:
+        if not 0 < fraction <= 1:  # type: ignore[operator]
+            raise UsageError(f"--sample {fraction} must be in (0, 1]", "e.g. --sample 0.001 for 0.1 %")
+        k = max(1, round(fraction * total))  # type: ignore[operator]
+    rng = np.random.default_rng(seed)
+    chosen = np.sort(rng.choice(total, size=k, replace=False))
+    return Sample([positions[i] for i in chosen], [ids[i] for i in chosen], n, n - total)
+
+
+def iter_selected(path: str | os.PathLike[str], indices: Sequence[int]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Stream ``(index, record)`` for the given ascending file positions only."""
+    wanted = iter(indices)
+    nxt = next(wanted, None)
+    for i, rec in enumerate(iter_json_records(path)):
+        if nxt is None:
+            return
+        if i == nxt:
+            yield i, rec
+            nxt = next(wanted, None)
+
+
+def resolve_image(record: dict[str, Any], image_root: str | os.PathLike[str]) -> Path:
+    """The image path of a record, relative to ``image_root`` unless absolute."""
+    img = Path(str(record["image"]))
+    return img if img.is_absolute() else Path(image_root) / img
+
+
+def load_image(path: str | os.PathLike[str]):  # -> PIL.Image.Image
+    """Open an image as RGB, fully decoded (so truncated files fail here, not later).
+
+    Raises OSError (missing file, unreadable or corrupt image); callers count and skip those.
+    """
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im.load()
+        return im.convert("RGB")
+
+
+__all__ = ["Sample", "iter_json_records", "iter_selected", "load_image", "record_id", "resolve_image",
+           "sample_records"]
