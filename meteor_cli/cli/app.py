@@ -20,6 +20,7 @@ from meteor_cli.cli import (
     list_cmd,
     prune_llm,
     rank_estimate,
+    synth,
     train,
 )
 from meteor_cli.cli.common import MeteorGroup, meteor_command
@@ -27,7 +28,7 @@ from meteor_cli.cli.common import MeteorGroup, meteor_command
 HELP = """\
 METEOR: prune visual tokens at every stage of a multi-encoder vision-language model.
 
-Pipeline: rank-estimate → allocate → train → prune-llm → eval | infer | flops.
+Pipeline: (synth →) rank-estimate → allocate → train → prune-llm → eval | infer | flops.
 Each stage reads and writes self-describing artifacts (JSON or safetensors; `-` = stdin/stdout).
 
 Every option can also be set in ./meteor.toml (or --config FILE) and through environment
@@ -37,6 +38,7 @@ precedence: command line > environment > file > default. `--show-config` shows t
 
 #: Subcommand name → entry function, in the order `meteor --help` lists them.
 COMMANDS = {
+    "synth": synth.main,
     "rank-estimate": rank_estimate.main,
     "allocate": allocate.main,
     "train": train.main,

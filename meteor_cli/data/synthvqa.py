@@ -1,0 +1,413 @@
+"""SynthVQA: a synthetic visual-question benchmark that runs on a CPU.
+
+No pretrained weights can be downloaded on the project machines, yet users must be able to see
+METEOR's claims hold without a GPU. SynthVQA renders small images whose questions mirror the
+paper's benchmark families, in LLaVA's own file formats so the real loaders are exercised:
+
+===============  ==============================  ==================================================
+family           stands for                      questions
+===============  ==============================  ==================================================
+``general``      GQA-like                        count, colour of the named shape, shape of the
+                                                 named colour, left/right and top/bottom position
+``hallucination``POPE-like yes/no existence      "Is there a red circle in the image?", half yes;
+                                                 negatives ``random`` / ``popular`` /
+                                                 ``adversarial`` as POPE builds them (below)
+``ocr``          TextVQA/DocVQA-like             a short word or number printed small in clutter
+``chart``        ChartQA-like                    value of a bar, tallest bar, comparisons
+===============  ==============================  ==================================================
+
+Design constraint: ``ocr`` and ``chart`` depend on small glyphs (a font of about 1/11 of the
+image side), so a low-resolution encoder alone cannot answer them and careless token dropping
+hurts them more than it hurts ``general``.
+
+POPE-style negatives. Objects are (colour, shape) pairs drawn from a skewed prior (some objects
+are much more frequent) with a per-scene colour theme (objects of one colour co-occur). On a
+fixed reference pool of scenes we count object frequencies and pairwise co-occurrences, then, as
+POPE does: ``random`` picks an absent object uniformly; ``popular`` the most frequent absent
+object; ``adversarial`` the absent object that co-occurs most with the objects present.
+
+OCR answers are spelled with spaces ("c a t", "4 0 7"), which keeps a word-level vocabulary at a
+few dozen tokens; the metric compares the normalised strings.
+
+Every sample is generated from its own ``random.Random(f"{seed}/{split}/{index}")``, so files are
+byte-identical for the same seed and Pillow version, and any sample can be regenerated alone.
+Text is rendered with Pillow's built-in scalable font (no system fonts, no downloads).
+
+Layout written by :func:`generate`::
+
+    DIR/train.json                 LLaVA instruction data: id, image, conversations, category
+    DIR/eval/questions.jsonl       question_id, image, text, category (+ subcategory)
+    DIR/eval/answers.jsonl         question_id, text (ground truth), category, subcategory
+    DIR/images/{train,eval}/*.png
+    DIR/synthvqa.json              manifest: seed, sizes, counts per family, generator version
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import random
+import shutil
+import tempfile
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from meteor_cli.errors import UsageError
+
+GENERATOR_VERSION = 1
+FAMILIES = ("general", "hallucination", "ocr", "chart")
+POPE_CATEGORIES = ("random", "popular", "adversarial")
+SHORT_ANSWER = "\nAnswer the question using a single word or phrase."
+
+COLORS: dict[str, tuple[int, int, int]] = {
+    "red": (215, 40, 40), "green": (40, 160, 60), "blue": (40, 80, 215),
+    "yellow": (225, 195, 30), "purple": (135, 60, 180), "orange": (240, 125, 20),
+}
+SHAPES = ("circle", "square", "triangle")
+OBJECTS = [(c, s) for c in COLORS for s in SHAPES]
+# A skewed prior over objects (fixed, seed-independent) so that "popular" negatives exist.
+_PRIOR = [1.0 / (1 + i) ** 0.8 for i in range(len(OBJECTS))]
+WORDS = ("cat", "dog", "sun", "map", "key", "box", "red", "fig", "jam", "owl", "bus", "cup", "pen",
+         "tree", "bird", "fish", "lamp", "door", "moon", "star", "ship", "milk", "frog", "leaf",
+         "rain", "salt", "wolf", "gold", "road", "kite")
+BAR_LABELS = ("A", "B", "C", "D", "E")
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """What to generate. Defaults give 128-px images with up to 6 shapes per scene."""
+
+    image_size: int = 128
+    #: Fewest / most shapes per scene (general, hallucination). A curriculum can start at 1.
+    min_objects: int = 1
+    max_objects: int = 6
+    families: tuple[str, ...] = FAMILIES
+    #: OCR/chart glyph height as a fraction of the image side (smaller = needs more resolution).
+    text_scale: float = 1 / 11
+
+    def __post_init__(self) -> None:
+        if self.image_size < 48:
+            raise UsageError(f"--image-size {self.image_size} is too small to draw readable text",
+                             "use 48 pixels or more (default 128)")
+        if not 1 <= self.min_objects <= self.max_objects <= len(OBJECTS):
+            raise UsageError(f"objects per scene must satisfy 1 <= min ({self.min_objects}) <= max "
+                             f"({self.max_objects}) <= {len(OBJECTS)}", "adjust --min-objects/--max-objects")
+        bad = [f for f in self.families if f not in FAMILIES]
+        if bad or not self.families:
+            raise UsageError(f"unknown SynthVQA families {bad or '(none)'}", f"choose from {', '.join(FAMILIES)}")
+
+
+@dataclass
+class Item:
+    """One generated sample (the image is a PIL image, not yet written)."""
+
+    image: Any
+    question: str
+    answer: str
+    family: str
+    subcategory: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------
+# Scenes of shapes (general, hallucination)
+# --------------------------------------------------------------------------------------------
+
+
+def _sample_objects(rng: random.Random, k: int) -> list[tuple[str, str]]:
+    """k distinct objects: half of the draws favour a scene colour theme, the rest the prior."""
+    theme = rng.choice(list(COLORS))
+    chosen: list[tuple[str, str]] = []
+    while len(chosen) < k:
+        if rng.random() < 0.5:
+            obj = (theme, rng.choice(SHAPES))
+        else:
+            obj = rng.choices(OBJECTS, weights=_PRIOR)[0]
+        if obj not in chosen:
+            chosen.append(obj)
+    return chosen
+
+
+def _draw_shape(draw: Any, shape: str, box: tuple[int, int, int, int], fill: tuple[int, int, int]) -> None:
+    x0, y0, x1, y1 = box
+    if shape == "circle":
+        draw.ellipse(box, fill=fill)
+    elif shape == "square":
+        draw.rectangle(box, fill=fill)
+    else:
+        draw.polygon([((x0 + x1) // 2, y0), (x1, y1), (x0, y1)], fill=fill)
+
+
+def _render_scene(rng: random.Random, objects: Sequence[tuple[str, str]], size: int) -> tuple[Any, list[dict[str, Any]]]:
+    """Place objects on distinct cells of a 4×4 grid with jitter; returns image and placements."""
+    from PIL import Image, ImageDraw
+
+    bg = tuple(rng.randint(225, 250) for _ in range(3))
+    im = Image.new("RGB", (size, size), bg)
+    draw = ImageDraw.Draw(im)
+    cell = size // 4
+    cells = rng.sample([(r, c) for r in range(4) for c in range(4)], len(objects))
+    placed = []
+    for (color, shape), (r, c) in zip(objects, cells):
+        s = rng.randint(int(cell * 0.55), int(cell * 0.8))
+        x0 = c * cell + rng.randint(0, cell - s)
+        y0 = r * cell + rng.randint(0, cell - s)
+        _draw_shape(draw, shape, (x0, y0, x0 + s, y0 + s), COLORS[color])
+        placed.append({"color": color, "shape": shape, "cx": x0 + s / 2, "cy": y0 + s / 2})
+    return im, placed
+
+
+def _general(rng: random.Random, cfg: SynthConfig) -> Item:
+    k = rng.randint(cfg.min_objects, cfg.max_objects)
+    objects = _sample_objects(rng, k)
+    im, placed = _render_scene(rng, objects, cfg.image_size)
+    shapes = Counter(o["shape"] for o in placed)
+    colors = Counter(o["color"] for o in placed)
+    kinds = ["count"]
+    if any(n == 1 for n in shapes.values()):
+        kinds.append("color")
+    if any(n == 1 for n in colors.values()):
+        kinds.append("shape")
+    kinds.append("position")
+    kind = rng.choice(kinds)
+    if kind == "count":
+        return Item(im, "How many shapes are there?", str(k), "general", "count", {"objects": placed})
+    if kind == "color":
+        shape = rng.choice(sorted(s for s, n in shapes.items() if n == 1))
+        obj = next(o for o in placed if o["shape"] == shape)
+        return Item(im, f"What color is the {shape}?", obj["color"], "general", "color", {"objects": placed})
+    if kind == "shape":
+        color = rng.choice(sorted(c for c, n in colors.items() if n == 1))
+        obj = next(o for o in placed if o["color"] == color)
+        return Item(im, f"What shape is the {color} object?", obj["shape"], "general", "shape", {"objects": placed})
+    obj = rng.choice(placed)
+    half = cfg.image_size / 2
+    if rng.random() < 0.5:
+        q = f"Is the {obj['color']} {obj['shape']} on the left or on the right?"
+        a = "left" if obj["cx"] < half else "right"
+    else:
+        q = f"Is the {obj['color']} {obj['shape']} at the top or at the bottom?"
+        a = "top" if obj["cy"] < half else "bottom"
+    return Item(im, q, a, "general", "position", {"objects": placed})
+
+
+@lru_cache(maxsize=1)
+def object_statistics(pool: int = 4000) -> tuple[dict[tuple[str, str], int], dict[tuple[tuple[str, str], tuple[str, str]], int]]:
+    """Object frequencies and pairwise co-occurrence counts on a fixed reference pool of scenes.
+
+    The pool uses its own seed, independent of the user's, so "popular" and "adversarial" mean
+    the same thing in every generated set (as POPE's statistics come from COCO, not the split).
+    """
+    rng = random.Random("synthvqa/object-statistics")
+    freq: Counter[tuple[str, str]] = Counter()
+    cooc: Counter[tuple[tuple[str, str], tuple[str, str]]] = Counter()
+    for _ in range(pool):
+        objs = _sample_objects(rng, rng.randint(2, 6))
+        freq.update(objs)
+        for a, b in itertools.permutations(objs, 2):
+            cooc[(a, b)] += 1
+    return dict(freq), dict(cooc)
+
+
+def _negative(rng: random.Random, present: list[tuple[str, str]], category: str) -> tuple[str, str]:
+    absent = [o for o in OBJECTS if o not in present]
+    if category == "random":
+        return rng.choice(absent)
+    freq, cooc = object_statistics()
+    if category == "popular":
+        return max(absent, key=lambda o: (freq.get(o, 0), -OBJECTS.index(o)))
+    return max(absent, key=lambda o: (sum(cooc.get((p, o), 0) for p in present), -OBJECTS.index(o)))
+
+
+def _hallucination(rng: random.Random, cfg: SynthConfig, index: int) -> Item:
+    k = rng.randint(max(2, cfg.min_objects), max(2, cfg.max_objects))
+    objects = _sample_objects(rng, k)
+    im, placed = _render_scene(rng, objects, cfg.image_size)
+    category = POPE_CATEGORIES[(index // 4) % 3]  # balanced over the three POPE splits
+    if rng.random() < 0.5:
+        color, shape = rng.choice(objects)
+        answer = "yes"
+    else:
+        color, shape = _negative(rng, objects, category)
+        answer = "no"
+    return Item(im, f"Is there a {color} {shape} in the image?", answer, "hallucination", category,
+                {"objects": placed})
+
+
+# --------------------------------------------------------------------------------------------
+# Text and charts (ocr, chart)
+# --------------------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=8)
+def _font(px: int) -> Any:
+    from PIL import ImageFont
+
+    return ImageFont.load_default(size=px)
+
+
+def _clutter(rng: random.Random, draw: Any, size: int, n: int) -> None:
+    for _ in range(n):
+        col = tuple(rng.randint(150, 215) for _ in range(3))
+        x0, y0 = rng.randint(0, size), rng.randint(0, size)
+        if rng.random() < 0.5:
+            draw.line((x0, y0, rng.randint(0, size), rng.randint(0, size)), fill=col, width=rng.randint(1, 2))
+        else:
+            s = rng.randint(4, size // 6)
+            _draw_shape(draw, rng.choice(SHAPES), (x0, y0, x0 + s, y0 + s), col)
+
+
+def spell(text: str) -> str:
+    """OCR answers are spelled character by character: ``"cat"`` → ``"c a t"``."""
+    return " ".join(text)
+
+
+def _ocr(rng: random.Random, cfg: SynthConfig) -> Item:
+    from PIL import Image, ImageDraw
+
+    size = cfg.image_size
+    im = Image.new("RGB", (size, size), tuple(rng.randint(230, 250) for _ in range(3)))
+    draw = ImageDraw.Draw(im)
+    _clutter(rng, draw, size, rng.randint(6, 12))
+    if rng.random() < 0.5:
+        text, sub, q = rng.choice(WORDS), "word", "What word is written in the image?"
+    else:
+        text, sub, q = str(rng.randint(10, 9999)), "number", "What number is written in the image?"
+    font = _font(max(7, round(size * cfg.text_scale)))
+    x0, y0, x1, y1 = draw.textbbox((0, 0), text, font=font)
+    x = rng.randint(0, max(0, size - (x1 - x0) - 1)) - x0
+    y = rng.randint(0, max(0, size - (y1 - y0) - 1)) - y0
+    draw.text((x, y), text, fill=tuple(rng.randint(0, 70) for _ in range(3)), font=font)
+    return Item(im, q, spell(text), "ocr", sub, {"text": text})
+
+
+def _chart(rng: random.Random, cfg: SynthConfig) -> Item:
+    from PIL import Image, ImageDraw
+
+    size = cfg.image_size
+    im = Image.new("RGB", (size, size), (250, 250, 250))
+    draw = ImageDraw.Draw(im)
+    n = rng.randint(3, 5)
+    labels = list(BAR_LABELS[:n])
+    values = [rng.randint(1, 8) for _ in range(n)]
+    tallest = rng.randrange(n)  # a unique tallest bar keeps "which is tallest" well posed
+    values[tallest] = rng.randint(max(v for k, v in enumerate(values) if k != tallest) + 1, 9)
+    top = values[tallest]
+    font = _font(max(7, round(size * cfg.text_scale)))
+    left, bottom, top_px = size * 0.16, size * 0.86, size * 0.06
+    unit = (bottom - top_px) / 10
+    for v in range(0, 11, 2):  # y gridlines and tick labels
+        y = bottom - v * unit
+        draw.line((left, y, size - 2, y), fill=(210, 210, 210))
+        draw.text((1, y - font.size / 2), str(v), fill=(60, 60, 60), font=font)
+    slot = (size - 2 - left) / n
+    color = tuple(rng.randint(30, 160) for _ in range(3))
+    for i, (lab, v) in enumerate(zip(labels, values)):
+        x0 = left + i * slot + slot * 0.2
+        draw.rectangle((x0, bottom - v * unit, x0 + slot * 0.6, bottom), fill=color)
+        draw.text((x0 + slot * 0.15, bottom + 1), lab, fill=(30, 30, 30), font=font)
+    kind = rng.choice(["value", "value", "tallest", "compare"])
+    if kind == "value":
+        i = rng.randrange(n)
+        return Item(im, f"What is the value of bar {labels[i]}?", str(values[i]), "chart", "value",
+                    {"values": dict(zip(labels, values))})
+    if kind == "tallest":
+        return Item(im, "Which bar is the tallest?", labels[values.index(top)], "chart", "tallest",
+                    {"values": dict(zip(labels, values))})
+    i = rng.randrange(n)
+    j = rng.choice([k for k in range(n) if values[k] != values[i]])  # never a tie
+    return Item(im, f"Is bar {labels[i]} taller than bar {labels[j]}?", "yes" if values[i] > values[j] else "no",
+                "chart", "compare", {"values": dict(zip(labels, values))})
+
+
+def make_item(seed: int, split: str, index: int, cfg: SynthConfig = SynthConfig()) -> Item:
+    """Generate sample ``index`` of ``split``; families rotate so every split is balanced."""
+    rng = random.Random(f"{seed}/{split}/{index}")
+    family = cfg.families[index % len(cfg.families)]
+    if family == "general":
+        return _general(rng, cfg)
+    if family == "hallucination":
+        return _hallucination(rng, cfg, index)
+    if family == "ocr":
+        return _ocr(rng, cfg)
+    return _chart(rng, cfg)
+
+
+# --------------------------------------------------------------------------------------------
+# Writing the benchmark
+# --------------------------------------------------------------------------------------------
+
+
+def _jsonl(records: Sequence[dict[str, Any]]) -> str:
+    return "".join(json.dumps(r) + "\n" for r in records)
+
+
+def generate(
+    out: str | os.PathLike[str],
+    *,
+    n_train: int,
+    n_eval: int,
+    seed: int = 0,
+    cfg: SynthConfig = SynthConfig(),
+    overwrite: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Write a SynthVQA set to ``out`` and return its manifest.
+
+    The set is built in a temporary sibling directory and renamed into place at the end, so an
+    interrupted run never leaves a half-written benchmark behind. ``progress(n)`` is called after
+    every ``n`` images.
+    """
+    target = Path(out)
+    if target.exists() and any(target.iterdir()) and not overwrite:
+        raise UsageError(f"{target} already exists and is not empty", "pass --overwrite or choose another --out")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        counts: dict[str, Counter[str]] = {}
+        train, questions, answers = [], [], []
+        for split, n in (("train", n_train), ("eval", n_eval)):
+            (tmp / "images" / split).mkdir(parents=True)
+            counts[split] = Counter()
+            for i in range(n):
+                item = make_item(seed, split, i, cfg)
+                rel = f"images/{split}/{i:06d}.png"
+                item.image.save(tmp / rel, format="PNG")
+                counts[split][item.family] += 1
+                qid = f"{split}-{i:06d}"
+                if split == "train":
+                    train.append({"id": qid, "image": rel, "category": item.family, "subcategory": item.subcategory,
+                                  "conversations": [{"from": "human", "value": f"<image>\n{item.question}{SHORT_ANSWER}"},
+                                                    {"from": "gpt", "value": item.answer}]})
+                else:
+                    questions.append({"question_id": qid, "image": rel, "text": f"{item.question}{SHORT_ANSWER}",
+                                      "category": item.family, "subcategory": item.subcategory})
+                    answers.append({"question_id": qid, "text": item.answer, "category": item.family,
+                                    "subcategory": item.subcategory})
+                if progress is not None:
+                    progress(1)
+        (tmp / "eval").mkdir()
+        (tmp / "train.json").write_text(json.dumps(train, indent=1) + "\n")
+        (tmp / "eval" / "questions.jsonl").write_text(_jsonl(questions))
+        (tmp / "eval" / "answers.jsonl").write_text(_jsonl(answers))
+        manifest = {
+            "benchmark": "synthvqa", "generator_version": GENERATOR_VERSION, "seed": seed,
+            "config": {**asdict(cfg), "families": list(cfg.families)},
+            "counts": {s: dict(sorted(c.items())) for s, c in counts.items()},
+        }
+        (tmp / "synthvqa.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+        return manifest
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+__all__ = ["FAMILIES", "POPE_CATEGORIES", "SynthConfig", "Item", "generate", "make_item", "object_statistics", "spell"]

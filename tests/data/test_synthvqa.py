@@ -1,0 +1,125 @@
+"""SynthVQA: deterministic files, balanced families, POPE-style negatives, LLaVA formats."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+
+import pytest
+
+from meteor_cli.data import llava
+from meteor_cli.data import synthvqa as S
+from meteor_cli.errors import ExitCode, UsageError
+
+
+def _digest(root):
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_same_seed_same_bytes_other_seed_other_images(tmp_path):
+    S.generate(tmp_path / "a", n_train=12, n_eval=8, seed=1)
+    S.generate(tmp_path / "b", n_train=12, n_eval=8, seed=1)
+    S.generate(tmp_path / "c", n_train=12, n_eval=8, seed=2)
+    a, b, c = (_digest(tmp_path / x) for x in "abc")
+    assert a == b
+    assert a["images/train/000000.png"] != c["images/train/000000.png"]
+    assert len([k for k in a if k.endswith(".png")]) == 20
+
+
+def test_layout_and_llava_formats(tmp_path):
+    manifest = S.generate(tmp_path / "sv", n_train=16, n_eval=8, seed=0)
+    root = tmp_path / "sv"
+    assert manifest["counts"] == {"train": {f: 4 for f in sorted(S.FAMILIES)}, "eval": {f: 2 for f in sorted(S.FAMILIES)}}
+    train = list(llava.iter_json_records(root / "train.json"))
+    assert len(train) == 16
+    for rec in train:
+        human, gpt = rec["conversations"]
+        assert human["from"] == "human" and human["value"].startswith("<image>\n") and gpt["from"] == "gpt"
+        assert (root / rec["image"]).is_file() and llava.load_image(root / rec["image"]).size == (128, 128)
+    questions = list(llava.iter_json_records(root / "eval" / "questions.jsonl"))
+    answers = list(llava.iter_json_records(root / "eval" / "answers.jsonl"))
+    assert [q["question_id"] for q in questions] == [a["question_id"] for a in answers]
+    assert {q["category"] for q in questions} == set(S.FAMILIES)
+    assert set(questions[0]) == {"question_id", "image", "text", "category", "subcategory"}
+    assert json.loads((root / "synthvqa.json").read_text())["seed"] == 0
+
+
+def test_answers_match_what_is_drawn():
+    for i in range(200):
+        item = S.make_item(0, "train", i)
+        if item.family == "ocr":
+            assert item.answer == S.spell(item.meta["text"]) == " ".join(item.meta["text"])
+        elif item.family == "chart" and item.subcategory == "tallest":
+            vals = item.meta["values"]
+            assert item.answer == max(vals, key=vals.get) and list(vals.values()).count(max(vals.values())) == 1
+        elif item.family == "general" and item.subcategory == "count":
+            assert item.answer == str(len(item.meta["objects"]))
+        elif item.family == "hallucination":
+            present = {(o["color"], o["shape"]) for o in item.meta["objects"]}
+            asked = tuple(item.question.removeprefix("Is there a ").removesuffix(" in the image?").split(" "))
+            assert item.answer == ("yes" if asked in present else "no")
+
+
+def test_pope_negatives_follow_pope_definitions():
+    import random
+
+    freq, cooc = S.object_statistics()
+    present = [("red", "circle"), ("red", "square")]
+    absent = [o for o in S.OBJECTS if o not in present]
+    popular = S._negative(random.Random(0), present, "popular")
+    assert popular not in present and freq[popular] == max(freq[o] for o in absent)
+    adversarial = S._negative(random.Random(0), present, "adversarial")
+    score = lambda o: sum(cooc.get((p, o), 0) for p in present)  # noqa: E731
+    assert score(adversarial) == max(score(o) for o in absent)
+    assert adversarial == ("red", "triangle")  # the colour theme makes same-colour objects co-occur
+    randoms = {S._negative(random.Random(s), present, "random") for s in range(50)}
+    assert len(randoms) > 5 and not randoms & set(present)
+
+
+def test_hallucination_is_balanced_over_answers_and_categories():
+    items = [S.make_item(0, "eval", i) for i in range(1, 1200, 4)]
+    assert {it.family for it in items} == {"hallucination"}
+    assert Counter(it.subcategory for it in items) == {"random": 100, "popular": 100, "adversarial": 100}
+    yes = sum(it.answer == "yes" for it in items) / len(items)
+    assert 0.4 < yes < 0.6
+
+
+def test_refuses_to_overwrite_and_validates_config(tmp_path):
+    (tmp_path / "sv").mkdir()
+    (tmp_path / "sv" / "keep.txt").write_text("mine")
+    with pytest.raises(UsageError, match="already exists"):
+        S.generate(tmp_path / "sv", n_train=1, n_eval=1)
+    assert (tmp_path / "sv" / "keep.txt").read_text() == "mine"
+    with pytest.raises(UsageError, match="unknown SynthVQA families"):
+        S.SynthConfig(families=("general", "maths"))
+    with pytest.raises(UsageError):
+        S.SynthConfig(min_objects=4, max_objects=2)
+
+
+def test_interrupted_generation_leaves_nothing(tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real = S.make_item
+
+    def flaky(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(S, "make_item", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        S.generate(tmp_path / "sv", n_train=10, n_eval=0)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli(cli, tmp_path):
+    res = cli("synth", "--out", "sv", "--train", "8", "--eval", "4", "--seed", "3", "--json", "-q")
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert data["seed"] == 3 and data["counts"]["eval"] == {"chart": 1, "general": 1, "hallucination": 1, "ocr": 1}
+    again = cli("synth", "--out", "sv", "--train", "8")
+    assert again.exit_code == ExitCode.USAGE and "--overwrite" in again.stderr
+    only_ocr = cli("synth", "--out", "ocr", "--train", "3", "--eval", "0", "--families", "ocr", "-q", "--json")
+    assert json.loads(only_ocr.stdout)["counts"]["train"] == {"ocr": 3}
