@@ -22,8 +22,8 @@ def _click_command(name: str):
     return typer.main.get_command(app).commands[name]
 
 
-def test_subcommands_are_the_pipeline_plus_list_and_inspect(cli):
-    assert list(COMMANDS) == [*STAGES, "list", "inspect"]
+def test_subcommands_are_the_pipeline_plus_tools(cli):
+    assert list(COMMANDS) == ["synth", *STAGES, "list", "inspect"]
     out = cli("--help").stdout
     for name in COMMANDS:
         assert name in out
