@@ -33,6 +33,8 @@ class ExitCode(enum.IntEnum):
     UNSUPPORTED_VERSION = 5
     #: The requested device is not available (no CUDA, torch_npu missing, index out of range).
     DEVICE_UNAVAILABLE = 6
+    #: Training stopped because the loss became NaN/inf; the last good checkpoint is kept.
+    DIVERGED = 7
     #: Training stopped on SIGTERM (HPC preemption) after saving a checkpoint: resubmit with
     #: ``--resume``. (Same value as BSD's EX_TEMPFAIL: "try again later".)
     PREEMPTED = 75

@@ -1,0 +1,424 @@
+"""The training loop: AdamW, cosine schedule with warm-up, clipping, accumulation, DDP, resume.
+
+Model-agnostic: what is trained and how a batch becomes a loss is a :class:`TrainTask`; this
+module owns the order of the data, the optimisation, the checkpoints and the processes.
+
+Run it on one process, or on several with torchrun (gloo on the CPU, nccl on CUDA, hccl on
+Ascend; picked from the device)::
+
+    meteor train ...                                        # one process
+    torchrun --nproc-per-node 2 -m meteor_cli train ...     # DDP, same global batch semantics
+
+Semantics that tests pin down
+-----------------------------
+* **Global batch.** One optimizer step consumes ``G = batch_size × world_size × grad_accum``
+  samples: positions ``[s·G, (s+1)·G)`` of the epoch-wise seeded permutation of the data.
+  Rank ``r`` takes micro-batch ``m`` at positions ``[(m·W + r)·B, …+B)`` of that window.
+* **Loss normalisation.** The loss is the sum of per-target losses divided by the number of
+  targets in the *whole global batch* (all ranks, all micro-batches), so 2 processes × batch B
+  give the same update as 1 process × batch 2B (to float rounding), and so does accumulation.
+* **Resume.** A checkpoint holds the model, optimizer, scheduler position, RNG states and the
+  step (hence the data position); an interrupted-then-resumed CPU run ends with weights
+  identical to an uninterrupted one.
+* **Preemption.** SIGTERM (what SLURM sends before killing a job) finishes the current step,
+  writes a checkpoint and raises :class:`PreemptedError` (exit code 75): resubmit with ``--resume``.
+* **Divergence.** A non-finite loss stops training before the update is applied; the last good
+  checkpoint is kept (exit code 7).
+
+Checkpoint layout under ``out``::
+
+    out/checkpoints/step-0000100/   model files (TrainTask.save) + trainer_state.pt
+    out/train_log.jsonl             one JSON line per step: step, epoch, loss, lr, samples/s, …
+    out/<model files>               the final model, loadable with --model out
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import shutil
+import signal
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from meteor_cli.devices import Device
+from meteor_cli.errors import ExitCode, MeteorError, PreemptedError, UsageError
+
+STATE_FILE = "trainer_state.pt"
+
+
+class TrainingDivergedError(MeteorError):
+    """The loss became NaN or infinite; the last good checkpoint was kept."""
+
+    exit_code = ExitCode.DIVERGED
+
+
+class TrainTask(Protocol):
+    """What the loop needs from the model side."""
+
+    def collate(self, samples: Sequence[Any]) -> Any:
+        """Turn dataset items into one batch (on the CPU)."""
+
+    def to_device(self, batch: Any, device: torch.device) -> Any:
+        """Move a batch to the device."""
+
+    def count(self, batch: Any) -> int:
+        """Number of loss targets in the batch (e.g. answer tokens)."""
+
+    def loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
+        """The SUM of per-target losses of the batch (a scalar tensor)."""
+
+    def save(self, model: nn.Module, directory: Path) -> None:
+        """Write the model (weights, config, tokenizer) into ``directory``."""
+
+    def load(self, model: nn.Module, directory: Path) -> None:
+        """Load weights written by :meth:`save` into ``model`` (in place, exactly)."""
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings (EAGLE's SFT recipe is lr 2e-5, warm-up 3 %, weight decay 0)."""
+
+    lr: float = 2e-5
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    #: Warm-up as a fraction of the total steps (linear from 0), then cosine to min_lr_ratio·lr.
+    warmup: float = 0.03
+    min_lr_ratio: float = 0.0
+    epochs: float = 1.0
+    max_steps: int | None = None
+    #: Samples per process per micro-batch.
+    batch_size: int = 4
+    grad_accum: int = 1
+    max_grad_norm: float = 1.0
+    #: Checkpoint every N optimizer steps (0: only at the end); keep the newest K.
+    save_every: int = 0
+    keep_checkpoints: int = 2
+    seed: int = 0
+    #: Autocast dtype ("bf16") or None for full precision.
+    autocast: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.grad_accum < 1:
+            raise UsageError("--batch-size and --grad-accum must be at least 1")
+        if not 0 <= self.warmup < 1:
+            raise UsageError(f"--warmup {self.warmup} must be in [0, 1)", "e.g. 0.03 for 3 % of the steps")
+        if self.lr <= 0:
+            raise UsageError(f"--lr {self.lr} must be positive")
+
+
+@dataclass
+class DistInfo:
+    """This process's place in a torch.distributed job (world 1 when not distributed)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device: Device) -> DistInfo:
+    """Join the process group torchrun set up (``RANK``/``WORLD_SIZE`` in the environment).
+
+    The backend follows the device: gloo on the CPU, nccl on CUDA, hccl on Ascend NPUs.
+    Without torchrun's variables this is a no-op returning a world of one.
+    """
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    if not dist.is_initialized():
+        backend = {"cpu": "gloo", "cuda": "nccl", "npu": "hccl"}[device.type]
+        dist.init_process_group(backend=backend)
+    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
+    """Learning rate for optimizer step ``step`` (0-based) of ``total``: linear warm-up, cosine decay."""
+    warm = int(math.ceil(cfg.warmup * total))
+    if step < warm:
+        return cfg.lr * (step + 1) / warm
+    progress = (step - warm) / max(1, total - warm)
+    floor = cfg.lr * cfg.min_lr_ratio
+    return floor + (cfg.lr - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    samples: int
+    final_loss: float | None
+    seconds: float
+    resumed_from: int | None = None
+    log: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Trainer:
+    """Train ``model`` on ``dataset`` (any sequence) with ``task``; see the module docstring."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        dataset: Sequence[Any],
+        task: TrainTask,
+        cfg: TrainConfig,
+        out: str | os.PathLike[str],
+        *,
+        device: Device = Device("cpu"),
+        dist_info: DistInfo | None = None,
+        progress: Callable[..., Any] | None = None,
+        params: Sequence[nn.Parameter] | None = None,
+    ) -> None:
+        self.cfg, self.task, self.dataset, self.device = cfg, task, dataset, device
+        self.out = Path(out)
+        self.dist = dist_info or DistInfo()
+        self.progress = progress
+        self.model = model.to(device.torch)
+        trainable = list(params) if params is not None else [p for p in model.parameters() if p.requires_grad]
+        if not trainable:
+            raise UsageError("nothing to train: every parameter is frozen", "loosen --freeze")
+        self.trainable = trainable
+        self.optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+        self.ddp_model: nn.Module = model
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [device.index] if device.type != "cpu" else None
+            self.ddp_model = DistributedDataParallel(model, device_ids=ids)
+        self.global_batch = cfg.batch_size * self.dist.world_size * cfg.grad_accum
+        if len(dataset) < self.global_batch:
+            raise UsageError(f"the data has {len(dataset)} samples, fewer than one global batch "
+                             f"({self.global_batch} = batch size × processes × grad accumulation)",
+                             "lower --batch-size or --grad-accum")
+        per_epoch = len(dataset) // self.global_batch
+        self.total_steps = cfg.max_steps or max(1, int(cfg.epochs * per_epoch))
+        self.step = 0
+        self._stop_requested = False
+
+    # -- data order ------------------------------------------------------------------------
+
+    def _permutation(self, epoch: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)
+        return torch.randperm(len(self.dataset), generator=g)
+
+    def _step_indices(self, step: int) -> list[int]:
+        """Dataset indices of the global batch of ``step`` (drop-last within each epoch)."""
+        per_epoch = len(self.dataset) // self.global_batch
+        epoch, within = divmod(step, per_epoch)
+        perm = self._permutation(epoch)
+        return perm[within * self.global_batch:(within + 1) * self.global_batch].tolist()
+
+    def _micro_batches(self, step: int) -> Iterator[list[int]]:
+        window = self._step_indices(step)
+        b, w = self.cfg.batch_size, self.dist.world_size
+        for m in range(self.cfg.grad_accum):
+            start = (m * w + self.dist.rank) * b
+            yield window[start:start + b]
+
+    # -- checkpoints -----------------------------------------------------------------------
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.out / "checkpoints"
+
+    def latest_checkpoint(self) -> Path | None:
+        if not self.checkpoint_dir.is_dir():
+            return None
+        done = sorted(p for p in self.checkpoint_dir.glob("step-*") if (p / STATE_FILE).is_file())
+        return done[-1] if done else None
+
+    def save_checkpoint(self) -> Path | None:
+        """Write ``checkpoints/step-N`` atomically (temp dir + rename); rank 0 only."""
+        target = self.checkpoint_dir / f"step-{self.step:07d}"
+        if self.dist.is_main:
+            self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=self.checkpoint_dir))
+            try:
+                self.task.save(self.model, tmp)
+                torch.save(self._state(), tmp / STATE_FILE)
+                if target.exists():
+                    shutil.rmtree(target)
+                os.replace(tmp, target)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            for old in sorted(p for p in self.checkpoint_dir.glob("step-*"))[:-self.cfg.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+        self._barrier()
+        return target
+
+    def _state(self) -> dict[str, Any]:
+        import numpy as np
+
+        return {
+            "step": self.step, "total_steps": self.total_steps, "global_batch": self.global_batch,
+            "config": asdict(self.cfg), "optimizer": self.optimizer.state_dict(),
+            "rng": {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()},
+        }
+
+    def resume(self, path: Path | None = None) -> int | None:
+        """Load the newest checkpoint (or ``path``); returns its step, or None if there is none."""
+        import numpy as np
+
+        path = path or self.latest_checkpoint()
+        if path is None:
+            return None
+        state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
+        if state["global_batch"] != self.global_batch:
+            raise UsageError(
+                f"{path} was trained with a global batch of {state['global_batch']}, this run uses "
+                f"{self.global_batch}", "resume with the same --batch-size, --grad-accum and number of processes")
+        self.task.load(self.model, path)
+        self.optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"]["torch"])
+        random.setstate(state["rng"]["python"])
+        np.random.set_state(state["rng"]["numpy"])
+        self.step = int(state["step"])
+        return self.step
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def _barrier(self) -> None:
+        if self.dist.enabled:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def _all_sum(self, value: float) -> float:
+        if not self.dist.enabled:
+            return value
+        import torch.distributed as dist
+
+        t = torch.tensor([value], dtype=torch.float64, device=self.device.torch if self.device.type != "cpu" else "cpu")
+        dist.all_reduce(t)
+        return float(t.item())
+
+    @contextlib.contextmanager
+    def _sigterm(self) -> Iterator[None]:
+        def handler(signum: int, frame: Any) -> None:
+            self._stop_requested = True
+
+        try:
+            previous = signal.signal(signal.SIGTERM, handler)
+        except ValueError:  # not the main thread: no signal handling
+            yield
+            return
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if not self.cfg.autocast:
+            return contextlib.nullcontext()
+        from meteor_cli.devices import default_dtype
+
+        return torch.autocast(self.device.type, dtype=default_dtype(self.device, self.cfg.autocast))
+
+    def train_step(self) -> dict[str, Any]:
+        """One optimizer step over one global batch; returns its log record."""
+        t0 = time.perf_counter()
+        lr = lr_at(self.step, self.total_steps, self.cfg)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        batches = [self.task.collate([self.dataset[i] for i in idx]) for idx in self._micro_batches(self.step)]
+        total = self._all_sum(float(sum(self.task.count(b) for b in batches)))
+        if total <= 0:
+            raise UsageError(f"step {self.step}: the global batch has no loss targets (no answer tokens)",
+                             "check that the records have a `gpt` answer")
+        self.ddp_model.train()
+        loss_sum = 0.0
+        for m, batch in enumerate(batches):
+            batch = self.task.to_device(batch, self.device.torch)
+            sync = m == len(batches) - 1 or not self.dist.enabled
+            ctx = contextlib.nullcontext() if sync else self.ddp_model.no_sync()  # type: ignore[operator]
+            with ctx, self._autocast():
+                s = self.task.loss(self.ddp_model, batch)
+                # DDP averages gradients over ranks; × world turns that into a sum over the global batch.
+                (s.float() * (self.dist.world_size / total)).backward()
+            loss_sum += float(s.detach())
+        loss = self._all_sum(loss_sum) / total
+        if not math.isfinite(loss):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise TrainingDivergedError(
+                f"the loss became {loss} at step {self.step + 1}; training stopped before applying the update",
+                f"the last good checkpoint is kept in {self.checkpoint_dir}; lower --lr or check the data")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.trainable, self.cfg.max_grad_norm))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        dt = time.perf_counter() - t0
+        per_epoch = len(self.dataset) // self.global_batch
+        return {"step": self.step, "epoch": round(self.step / per_epoch, 4), "loss": loss, "lr": lr,
+                "grad_norm": grad_norm, "samples_per_s": self.global_batch / dt, "seconds": dt}
+
+    def fit(self, *, resume: bool = False) -> TrainResult:
+        """Train to ``total_steps``; checkpoints, logs, SIGTERM and NaN handling included."""
+        resumed = self.resume() if resume else None
+        if self.dist.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+        log_path = self.out / "train_log.jsonl"
+        records: list[dict[str, Any]] = []
+        t_start = time.perf_counter()
+        bar = self.progress(total=self.total_steps, initial=self.step, desc="training", unit="step") \
+            if self.progress and self.dist.is_main else None
+        try:
+            with self._sigterm():
+                while self.step < self.total_steps:
+                    rec = self.train_step()
+                    records.append(rec)
+                    if self.dist.is_main:
+                        with open(log_path, "a") as f:
+                            f.write(json.dumps(rec) + "\n")
+                        if bar is not None:
+                            bar.update(1)
+                            bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.2e}",
+                                            sps=f"{rec['samples_per_s']:.1f}")
+                    stop = self._all_sum(1.0 if self._stop_requested else 0.0) > 0
+                    if stop:
+                        path = self.save_checkpoint()
+                        raise PreemptedError(f"stopped by SIGTERM after step {self.step}; checkpoint saved to {path}",
+                                             "rerun the same command with --resume")
+                    if self.cfg.save_every and self.step % self.cfg.save_every == 0 and self.step < self.total_steps:
+                        self.save_checkpoint()
+        finally:
+            if bar is not None:
+                bar.close()
+        self.save_checkpoint()
+        self.save_final()
+        return TrainResult(self.step, self.step * self.global_batch,
+                           records[-1]["loss"] if records else None, time.perf_counter() - t_start, resumed, records)
+
+    def save_final(self) -> None:
+        """Write the final model files into ``out`` (rank 0). Files are moved in one by one,
+        ``config.json`` last, so a directory with a config.json always holds a complete model."""
+        if self.dist.is_main:
+            tmp = Path(tempfile.mkdtemp(prefix=".final.", dir=self.out))
+            try:
+                self.task.save(self.model, tmp)
+                files = sorted((p for p in tmp.rglob("*") if p.is_file()), key=lambda p: p.name == "config.json")
+                for f in files:
+                    dest = self.out / f.relative_to(tmp)
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(f, dest)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+        self._barrier()
