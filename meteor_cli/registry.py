@@ -212,7 +212,9 @@ def list_presets(filter: str = "*") -> list[str]:
 
 #: Modules whose import registers meteor's own entries. Later stages append to this list;
 #: import is deferred so that ``meteor --help`` and shell completion stay fast.
-BUILTIN_MODULES: list[str] = []
+BUILTIN_MODULES: list[str] = [
+    "meteor_cli.eval.benchmarks",
+]
 
 _loaded = False
 
