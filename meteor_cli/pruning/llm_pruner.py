@@ -1,0 +1,405 @@
+"""Stage 3 inside an unmodified Hugging Face causal LM: prune visual tokens between decoder layers.
+
+How it attaches (hooks, not forks)
+----------------------------------
+:class:`LLMPruner` replaces each ``model.layers[i]`` of the HF decoder by a thin
+:class:`_PrunableLayer` that *holds* the original layer and calls it. Outside a
+:meth:`LLMPruner.session` the wrappers are pass-through, so the model behaves exactly as before.
+Inside a session the first forward is the **prefill**; at each pruning layer ``p`` (before the
+layer runs):
+
+1. the policy scores the visual tokens from the attention of a few *query rows* only, recomputed
+   from layer ``p``'s own ``input_layernorm``, ``q_proj``/``k_proj`` and rotary embedding at the
+   tokens' position ids (GQA-aware; float32 softmax). Nothing depends on the attention kernel, so
+   eager, SDPA and flash attention give the same kept set, and no layer ever runs twice (the KV
+   cache bug of FastV's cached variant cannot happen);
+2. the policy returns, per sample, the sorted indices of the visual tokens to keep (ragged);
+3. every sample is re-packed: all its text tokens plus its kept visual tokens, in order,
+   **left-padded** to the longest sample. Hidden states, position ids (the ORIGINAL ids, gaps
+   kept — METHOD A11) and the padding mask are gathered with the same indices; the 4-D
+   attention mask and the rotary embeddings are rebuilt for the new length. Left packing keeps
+   the last real token of every sample at the last position, which is what ``generate()`` reads.
+
+Every later layer's KV cache therefore holds only what that layer saw. Decoding steps attend
+to the retained set (static pruning, decided once at prefill): the wrappers of pruned layers
+extend their own key-padding masks, and positions continue from the *unpruned* prompt length
+because HF derives them from layer 0's cache, which is never pruned.
+
+Replay
+------
+``session(..., replay=kept)`` applies recorded kept indices instead of scoring. A no-cache
+forward over prompt + generated tokens with the prefill's kept indices reproduces cached
+greedy decoding (the test of METHOD Part A's last invariant).
+
+Supported families: those whose decoder exposes ``layers``, ``rotary_emb`` and layers with
+``input_layernorm`` and ``self_attn.{q_proj,k_proj}`` (Llama/Vicuna, Qwen2, Mistral). Masks are
+passed as additive float tensors, which the ``eager`` and ``sdpa`` kernels accept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from meteor_cli.errors import UsageError
+
+SUPPORTED_FAMILIES = ("llama", "qwen2", "mistral")
+
+
+# --------------------------------------------------------------------------------------------
+# Locating the parts of an HF decoder
+# --------------------------------------------------------------------------------------------
+
+
+def decoder_of(model: nn.Module) -> nn.Module:
+    """The decoder stack (``LlamaModel`` etc.) of a causal LM, checking it has what Stage 3 needs."""
+    family = getattr(getattr(model, "config", None), "model_type", None)
+    dec = model.get_decoder() if hasattr(model, "get_decoder") else getattr(model, "model", model)
+    ok = hasattr(dec, "layers") and hasattr(dec, "rotary_emb") and all(
+        hasattr(layer, "input_layernorm") and hasattr(getattr(layer, "self_attn", None), "q_proj")
+        for layer in (dec.layers[0].layer if isinstance(dec.layers[0], _PrunableLayer) else dec.layers[0],)
+    )
+    if not ok:
+        raise UsageError(
+            f"Stage-3 pruning has no adapter for model family {family!r}",
+            f"supported families: {', '.join(SUPPORTED_FAMILIES)} (decoders with layers, rotary_emb, "
+            "input_layernorm and self_attn.q_proj/k_proj)",
+        )
+    return dec
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding in the rotate-half form used by Llama/Qwen2/Mistral.
+
+    x: (B, H, L, dh); cos/sin: (B, L, dh) as returned by the model's ``rotary_emb``.
+    """
+    return x * cos.unsqueeze(1) + rotate_half(x) * sin.unsqueeze(1)
+
+
+# --------------------------------------------------------------------------------------------
+# Scores: attention of a few query rows, recomputed from a layer's own weights
+# --------------------------------------------------------------------------------------------
+
+
+def query_attention(
+    layer: nn.Module,
+    hidden: torch.Tensor,
+    position_embeddings: tuple[torch.Tensor, torch.Tensor],
+    query_idx: torch.Tensor,
+    query_valid: torch.Tensor,
+    key_valid: torch.Tensor,
+) -> torch.Tensor:
+    """Attention probabilities of selected query rows over all keys, as ``layer`` would compute them.
+
+    Args:
+        layer: an HF decoder layer (its ``input_layernorm`` and ``self_attn.q_proj/k_proj`` are used).
+        hidden: (B, L, d) the hidden states entering the layer.
+        position_embeddings: (cos, sin), each (B, L, dh), at the tokens' position ids.
+        query_idx: (B, Q) packed positions of the query rows (padded; see ``query_valid``).
+        query_valid: (B, Q) bool.
+        key_valid: (B, L) bool, False for padding.
+
+    Returns:
+        (B, H, Q, L) float32 probabilities; rows of invalid queries are zero. Causal: query at
+        position t sees keys at positions ≤ t. GQA: key heads are repeated to the query heads.
+    """
+    attn = layer.self_attn
+    B, L, _ = hidden.shape
+    dh = attn.head_dim
+    h = layer.input_layernorm(hidden)
+    cos, sin = (t.expand(B, -1, -1) for t in position_embeddings)  # HF shares one row across the batch
+    hq = torch.gather(h, 1, query_idx.unsqueeze(-1).expand(-1, -1, h.shape[-1]))  # (B, Q, d): query rows only
+    q = attn.q_proj(hq).view(B, hq.shape[1], -1, dh).transpose(1, 2)  # (B, H, Q, dh)
+    k = attn.k_proj(h).view(B, L, -1, dh).transpose(1, 2)  # (B, Hkv, L, dh)
+    cq = torch.gather(cos, 1, query_idx.unsqueeze(-1).expand(-1, -1, dh))
+    sq = torch.gather(sin, 1, query_idx.unsqueeze(-1).expand(-1, -1, dh))
+    q = apply_rope(q.float(), cq.float(), sq.float())
+    k = apply_rope(k.float(), cos.float(), sin.float())
+    k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)  # GQA: (B, H, L, dh)
+    logits = q @ k.transpose(-1, -2) / math.sqrt(dh)  # (B, H, Q, L)
+    keys = torch.arange(L, device=hidden.device)
+    allowed = (keys[None, None, :] <= query_idx[:, :, None]) & key_valid[:, None, :]  # (B, Q, L)
+    logits = logits.masked_fill(~allowed[:, None], float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    return torch.where(query_valid[:, None, :, None], probs, torch.zeros((), dtype=probs.dtype))
+
+
+# --------------------------------------------------------------------------------------------
+# The packed sequence and its bookkeeping
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PackedState:
+    """The token layout entering the current layer (left-padded to the longest sample).
+
+    Attributes:
+        valid: (B, L) bool, False for padding.
+        visual: (B, L) bool, True for visual tokens still present.
+        query: (B, L) bool, True for the policy's query rows.
+        position_ids: (B, L) original position ids (gaps where tokens were dropped).
+        source: (B, L) index of each token in the sequence given to the model (-1 for padding).
+    """
+
+    valid: torch.Tensor
+    visual: torch.Tensor
+    query: torch.Tensor
+    position_ids: torch.Tensor
+    source: torch.Tensor
+
+    def repack(self, keep: torch.Tensor) -> tuple[PackedState, torch.Tensor]:
+        """Keep the positions where ``keep`` (B, L) is True, left-padded; returns the new state and
+        the (B, L') gather index into the current layout (pads point at position 0)."""
+        counts = keep.sum(1)
+        Lp = int(counts.max())
+        B, L = keep.shape
+        # Stable order of kept positions, right-aligned: kept ones sort last, in original order.
+        order = torch.argsort(keep.to(torch.int8), dim=1, stable=True)[:, L - Lp:]  # (B, Lp)
+        new_valid = torch.arange(Lp, device=keep.device)[None, :] >= (Lp - counts)[:, None]
+        index = torch.where(new_valid, order, torch.zeros_like(order))
+
+        def g(x: torch.Tensor, fill: Any) -> torch.Tensor:
+            return torch.where(new_valid, torch.gather(x, 1, index), torch.full_like(index, fill, dtype=x.dtype))
+
+        return PackedState(new_valid, g(self.visual, False), g(self.query, False), g(self.position_ids, 1),
+                           g(self.source, -1)), index
+
+
+def additive_mask(valid_keys: torch.Tensor, q_len: int, dtype: torch.dtype, causal_offset: int | None = None) -> torch.Tensor:
+    """(B, 1, q, K) additive mask: keys must be valid and (causally) not after the query.
+
+    The last ``q_len`` keys are the queries themselves (prefill: all keys; decode: the new
+    tokens appended after the cache).
+    """
+    B, K = valid_keys.shape
+    qpos = torch.arange(K - q_len, K, device=valid_keys.device) if causal_offset is None else \
+        torch.arange(causal_offset, causal_offset + q_len, device=valid_keys.device)
+    allowed = valid_keys[:, None, :] & (torch.arange(K, device=valid_keys.device)[None, None, :] <= qpos[None, :, None])
+    mask = torch.zeros(B, 1, q_len, K, dtype=dtype, device=valid_keys.device)
+    return mask.masked_fill(~allowed[:, None], torch.finfo(dtype).min)
+
+
+# --------------------------------------------------------------------------------------------
+# Sessions and the layer wrapper
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Session:
+    """State of one pruned generation: prefill layout, kept indices, per-layer cache masks."""
+
+    pruner: LLMPruner
+    attention_mask: torch.Tensor | None
+    visual_start: torch.Tensor  # (B,) long
+    visual_len: torch.Tensor  # (B,) long
+    prompt_len: torch.Tensor | None  # (B,) long: end of the prompt (queries stop here); None = whole input
+    replay: dict[int, list[torch.Tensor]] | None = None
+    phase: str = "prefill"
+    state: PackedState | None = None
+    pos_emb: tuple[torch.Tensor, torch.Tensor] | None = None
+    mask4d: torch.Tensor | None = None
+    pruned: bool = False
+    #: Layer → per-sample kept indices into the visual tokens entering that layer (ascending).
+    kept: dict[int, list[torch.Tensor]] = field(default_factory=dict)
+    #: Layer → visual tokens entering that layer, per sample.
+    entering: dict[int, list[int]] = field(default_factory=dict)
+    #: Layer → (B, L_cache) key validity of that layer's KV cache (pruned layers only).
+    cache_valid: dict[int, torch.Tensor] = field(default_factory=dict)
+    _scores: dict[int, Any] = field(default_factory=dict)
+    warned_no_visual: bool = False
+
+    # -- bookkeeping helpers ---------------------------------------------------------------
+
+    def _init_state(self, hidden: torch.Tensor, position_ids: torch.Tensor | None) -> None:
+        B, L, _ = hidden.shape
+        dev = hidden.device
+        ar = torch.arange(L, device=dev)[None, :].expand(B, L)
+        valid = self.attention_mask.bool().to(dev) if self.attention_mask is not None else torch.ones(B, L, dtype=torch.bool, device=dev)
+        vs, vl = self.visual_start.to(dev)[:, None], self.visual_len.to(dev)[:, None]
+        visual = (ar >= vs) & (ar < vs + vl) & valid
+        end = self.prompt_len.to(dev)[:, None] if self.prompt_len is not None else torch.full_like(vs, L)
+        after = (ar >= vs + vl) & (ar < end) & valid
+        query = self.pruner.policy.query_rows(after, valid, self)
+        if position_ids is None:
+            position_ids = ar
+        self.state = PackedState(valid, visual, query, position_ids.expand(B, L).clone(), ar.clone())
+
+    def visual_indices(self) -> list[torch.Tensor]:
+        """Per sample, packed positions of its visual tokens (ascending)."""
+        assert self.state is not None
+        return [torch.nonzero(v, as_tuple=False).flatten() for v in self.state.visual]
+
+
+class _PrunableLayer(nn.Module):
+    """Holds one unmodified decoder layer; applies the session's layout around it."""
+
+    def __init__(self, layer: nn.Module, index: int, pruner: LLMPruner) -> None:
+        super().__init__()
+        self.layer = layer
+        self.index = index
+        self._pruner = [pruner]  # a list, so the pruner is not registered as a submodule
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.layer, name)  # attention_type, self_attn, … for code that inspects layers
+
+    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        sess = self._pruner[0].current
+        if sess is None:
+            return self.layer(hidden_states, *args, **kwargs)
+        if sess.phase == "prefill":
+            return self._prefill(sess, hidden_states, *args, **kwargs)
+        return self._decode(sess, hidden_states, *args, **kwargs)
+
+    def _prefill(self, sess: Session, hidden: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        pruner = self._pruner[0]
+        if self.index == 0:
+            sess._init_state(hidden, kwargs.get("position_ids"))
+        if self.index in pruner.score_layers:
+            pos_emb = sess.pos_emb if sess.pruned else kwargs["position_embeddings"]
+            pruner.score(sess, self.layer, self.index, hidden, pos_emb)
+        if self.index in pruner.policy.layers:
+            hidden = pruner.prune(sess, self.index, hidden)
+        if sess.pruned:
+            kwargs["attention_mask"] = sess.mask4d
+            kwargs["position_ids"] = sess.state.position_ids
+            kwargs["position_embeddings"] = sess.pos_emb
+            sess.cache_valid[self.index] = sess.state.valid
+        out = self.layer(hidden, *args, **kwargs)
+        if self.index == pruner.num_layers - 1:
+            sess.phase = "decode"
+        return out
+
+    def _decode(self, sess: Session, hidden: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        if self.index in sess.cache_valid:
+            q = hidden.shape[1]
+            valid = torch.cat([sess.cache_valid[self.index], torch.ones(hidden.shape[0], q, dtype=torch.bool,
+                                                                        device=hidden.device)], dim=1)
+            sess.cache_valid[self.index] = valid
+            kwargs["attention_mask"] = additive_mask(valid, q, hidden.dtype)
+        return self.layer(hidden, *args, **kwargs)
+
+
+class LLMPruner:
+    """Stage-3 pruning installed around the decoder layers of an HF causal LM.
+
+    Example::
+
+        pruner = LLMPruner(hf_model, MeteorPolicy(layers=[4, 12, 20], heads=5, lam=50))
+        with pruner.session(visual_start, visual_len, attention_mask=mask) as sess:
+            out = hf_model.generate(inputs_embeds=emb, attention_mask=mask, max_new_tokens=16)
+        sess.kept      # {layer: [kept visual indices per sample]}
+        pruner.remove()  # the model is exactly as before
+    """
+
+    def __init__(self, model: nn.Module, policy: Any) -> None:
+        self.model = model
+        self.decoder = decoder_of(model)
+        self.num_layers = len(self.decoder.layers)
+        self.policy = policy
+        policy.validate(self.num_layers, self._num_heads())
+        self.score_layers = {policy.score_layer(p) for p in policy.layers}
+        self.current: Session | None = None
+        self._originals = list(self.decoder.layers)
+        self.decoder.layers = nn.ModuleList([_PrunableLayer(layer, i, self) for i, layer in enumerate(self._originals)])
+
+    def _num_heads(self) -> int:
+        return int(self.model.config.num_attention_heads)
+
+    def remove(self) -> None:
+        """Put the original layers back."""
+        self.decoder.layers = nn.ModuleList(self._originals)
+
+    @contextlib.contextmanager
+    def session(
+        self,
+        visual_start: Sequence[int] | torch.Tensor,
+        visual_len: Sequence[int] | torch.Tensor,
+        *,
+        attention_mask: torch.Tensor | None = None,
+        prompt_len: Sequence[int] | torch.Tensor | None = None,
+        replay: dict[int, list[torch.Tensor]] | None = None,
+    ) -> Iterator[Session]:
+        """Prune during the next forward (the prefill); later forwards decode against it.
+
+        Args:
+            visual_start, visual_len: (B,) where each sample's visual tokens sit in the input.
+            attention_mask: (B, L) 1 for real tokens, 0 for (left) padding; None = no padding.
+            prompt_len: (B,) end of each prompt; tokens after it (e.g. generated answers in a
+                replay forward) are never queries. None = the whole input is the prompt.
+            replay: kept indices recorded by an earlier session (``sess.kept``) to apply as is.
+        """
+        t = lambda v: torch.as_tensor(v, dtype=torch.long)  # noqa: E731
+        sess = Session(self, attention_mask, t(visual_start), t(visual_len),
+                       None if prompt_len is None else t(prompt_len), replay)
+        self.current = sess
+        try:
+            yield sess
+        finally:
+            self.current = None
+
+    # -- the two steps at a pruning layer ----------------------------------------------------
+
+    def score(self, sess: Session, layer: nn.Module, index: int, hidden: torch.Tensor,
+              pos_emb: tuple[torch.Tensor, torch.Tensor]) -> None:
+        """Compute the policy's scores from the input of layer ``index`` (replay: nothing to do)."""
+        if sess.replay is not None:
+            return
+        st = sess.state
+        assert st is not None
+        q_counts = st.query.sum(1)
+        Q = max(1, int(q_counts.max()))
+        q_idx = torch.zeros(st.query.shape[0], Q, dtype=torch.long, device=hidden.device)
+        q_valid = torch.arange(Q, device=hidden.device)[None, :] < q_counts[:, None]
+        for b in range(st.query.shape[0]):
+            pos = torch.nonzero(st.query[b], as_tuple=False).flatten()
+            q_idx[b, :len(pos)] = pos
+        with torch.no_grad():
+            probs = query_attention(layer, hidden, pos_emb, q_idx, q_valid, st.valid)  # (B, H, Q, L)
+        vis = sess.visual_indices()
+        sess._scores[index] = [probs[b][:, q_valid[b]][:, :, vis[b]] for b in range(len(vis))]  # (H, Q_b, N_b)
+
+    def prune(self, sess: Session, p: int, hidden: torch.Tensor) -> torch.Tensor:
+        st = sess.state
+        assert st is not None
+        vis = sess.visual_indices()
+        sess.entering[p] = [len(v) for v in vis]
+        if sess.replay is not None:
+            kept = [k.to(hidden.device) for k in sess.replay[p]]
+        else:
+            attn = sess._scores.pop(self.policy.score_layer(p))
+            kept = [self.policy.select(p, a, n, sess, b) for b, (a, n) in enumerate(zip(attn, sess.entering[p]))]
+            if all(n == 0 for n in sess.entering[p]) and not sess.warned_no_visual:
+                import warnings
+
+                warnings.warn("Stage 3: the prompt has no visual tokens; nothing is pruned", stacklevel=2)
+                sess.warned_no_visual = True
+        sess.kept[p] = [k.cpu() for k in kept]
+        if not sess.pruned and all(len(k) == n for k, n in zip(kept, sess.entering[p])):
+            return hidden  # nothing dropped yet: leave HF's own masks and rotary embeddings in place
+        keep = st.valid & ~st.visual
+        for b, (v, k) in enumerate(zip(vis, kept)):
+            keep[b, v[k]] = True
+        new_state, index = st.repack(keep)
+        hidden = torch.gather(hidden, 1, index.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+        sess.state = new_state
+        sess.pos_emb = self.decoder.rotary_emb(hidden, position_ids=new_state.position_ids)
+        sess.mask4d = additive_mask(new_state.valid, new_state.valid.shape[1], hidden.dtype)
+        sess.pruned = True
+        return hidden
+
+
+__all__ = ["LLMPruner", "PackedState", "Session", "additive_mask", "apply_rope", "decoder_of", "query_attention"]
