@@ -158,8 +158,65 @@ class Registry(Generic[T]):
         return f"Registry({self.kind!r}, {len(self)} entries)"
 
 
+class PolicyRegistry(Registry[Any]):
+    """Pruning policies of all three stages. The same name may exist once per stage
+    ("meteor" is a Stage-1, a Stage-2 and a Stage-3 policy); lookups name the stage."""
+
+    def __init__(self) -> None:
+        super().__init__("pruning policy")
+
+    @staticmethod
+    def _key(name: str, stage: int) -> str:
+        return f"{name}@{stage}"
+
+    def add(self, name: str, obj: Any, *, description: str | None = None, **meta: Any) -> None:
+        stage = meta.get("stage")
+        if stage not in (1, 2, 3):
+            raise ValueError(f"stage must be 1, 2 or 3, got {stage!r}")
+        super().add(self._key(name, stage), obj, description=description, **meta)
+        key = self._key(name, stage)
+        e = self._entries[key]
+        self._entries[key] = Entry(name, e.obj, e.description, e.module, e.meta)
+
+    def entry(self, name: str, stage: int | None = None) -> Entry[Any]:  # type: ignore[override]
+        """The policy ``name`` of ``stage`` (any stage when unambiguous)."""
+        if stage is not None and self._key(name, stage) in self._entries:
+            return self._entries[self._key(name, stage)]
+        found = [e for e in self._entries.values() if e.name == name and stage in (None, e.meta["stage"])]
+        if len(found) == 1:
+            return found[0]
+        where = f"Stage-{stage} " if stage else ""
+        known = sorted({e.name for e in self._entries.values() if stage in (None, e.meta["stage"])})
+        close = difflib.get_close_matches(name, known, n=3)
+        hint = f"did you mean {' or '.join(map(repr, close))}?" if close else f"known: {', '.join(known) or 'none'}"
+        if len(found) > 1:
+            raise UsageError(f"policy {name!r} exists for several stages", "say which stage")
+        raise UsageError(f"unknown {where}pruning policy {name!r}", f"{hint} (`meteor list policies`)")
+
+    def get(self, name: str, stage: int | None = None) -> Any:  # type: ignore[override]
+        return self.entry(name, stage).obj
+
+    def list(self, filter: str = "*", exclude: str | list[str] | None = None) -> list[str]:
+        return sorted({e.name for e in self.entries(filter)} - set(self._excluded(exclude)))
+
+    def _excluded(self, exclude: str | list[str] | None) -> list[str]:
+        pats = [exclude] if isinstance(exclude, str) else list(exclude or [])
+        return [e.name for e in self._entries.values() if any(fnmatch.fnmatchcase(e.name, p) for p in pats)]
+
+    def entries(self, filter: str = "*") -> list[Entry[Any]]:
+        return sorted((e for e in self._entries.values() if fnmatch.fnmatchcase(e.name, filter)),
+                      key=lambda e: (e.meta["stage"], e.name))
+
+    def unregister(self, name: str, stage: int | None = None) -> None:
+        for key in [k for k, e in self._entries.items() if e.name == name and stage in (None, e.meta["stage"])]:
+            del self._entries[key]
+
+    def __contains__(self, name: object) -> bool:
+        return any(e.name == name for e in self._entries.values())
+
+
 ENCODERS: Registry[Any] = Registry("encoder")
-POLICIES: Registry[Any] = Registry("pruning policy")
+POLICIES = PolicyRegistry()
 BENCHMARKS: Registry[Any] = Registry("benchmark")
 PRESETS: Registry[Any] = Registry("preset")
 
@@ -178,7 +235,10 @@ def register_encoder(name: str | None = None, **kw: Any) -> Callable[[T], T]:
 
 
 def register_policy(name: str | None = None, *, stage: int, **kw: Any) -> Callable[[T], T]:
-    """Register a pruning policy for ``stage`` 1 (in-encoder), 2 (fusion) or 3 (LLM)."""
+    """Register a pruning policy for ``stage`` 1 (in-encoder), 2 (fusion) or 3 (LLM).
+
+    Names are unique per stage: ``meteor`` can be registered once for each stage.
+    """
     if stage not in (1, 2, 3):
         raise ValueError(f"stage must be 1, 2 or 3, got {stage!r}")
     return POLICIES.register(name, stage=stage, **kw)
@@ -199,7 +259,7 @@ def list_encoders(filter: str = "*") -> list[str]:
 
 
 def list_policies(filter: str = "*", stage: int | None = None) -> list[str]:
-    return [n for n in POLICIES.list(filter) if stage is None or POLICIES.entry(n).meta.get("stage") == stage]
+    return sorted({e.name for e in POLICIES.entries(filter) if stage is None or e.meta.get("stage") == stage})
 
 
 def list_benchmarks(filter: str = "*") -> list[str]:
@@ -214,6 +274,7 @@ def list_presets(filter: str = "*") -> list[str]:
 #: import is deferred so that ``meteor --help`` and shell completion stay fast.
 BUILTIN_MODULES: list[str] = [
     "meteor_cli.eval.benchmarks",
+    "meteor_cli.pruning.llm_policies",
 ]
 
 _loaded = False

@@ -51,7 +51,7 @@ def test_duplicate_registration_warns_and_later_wins(reg):
 
 
 def test_policy_stage_is_recorded_and_filterable(monkeypatch):
-    monkeypatch.setattr(R, "POLICIES", R.Registry("pruning policy"))
+    monkeypatch.setattr(R, "POLICIES", R.PolicyRegistry())
 
     @R.register_policy("p1", stage=1)
     def p1(): ...
@@ -59,7 +59,18 @@ def test_policy_stage_is_recorded_and_filterable(monkeypatch):
     @R.register_policy("p3", stage=3)
     def p3(): ...
 
+    @R.register_policy("p3", stage=2)
+    def p3_fusion(): ...
+
     assert R.list_policies(stage=3) == ["p3"] and R.list_policies() == ["p1", "p3"]
+    assert R.POLICIES.get("p3", stage=3) is p3 and R.POLICIES.get("p3", stage=2) is p3_fusion
+    assert R.POLICIES.get("p1") is p1  # unambiguous without a stage
+    with pytest.raises(UsageError, match="several stages"):
+        R.POLICIES.get("p3")
+    with pytest.raises(UsageError, match="unknown Stage-1 pruning policy 'p3'"):
+        R.POLICIES.get("p3", stage=1)
+    with pytest.warns(R.DuplicateRegistrationWarning):
+        R.register_policy("p3", stage=3)(p3)
     with pytest.raises(ValueError):
         R.register_policy("bad", stage=4)
 

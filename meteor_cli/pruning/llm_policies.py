@@ -235,11 +235,7 @@ def make_policy(method: str, **settings: Any) -> Any:
 
     from meteor_cli.registry import POLICIES
 
-    entry = POLICIES.entry(method)
-    if entry.meta.get("stage") != 3:
-        raise UsageError(f"{method!r} is a Stage-{entry.meta.get('stage')} policy, not a Stage-3 one",
-                         "`meteor list policies` shows each policy's stage")
-    cls = entry.obj
+    cls = POLICIES.get(method, stage=3)
     names = {f.name for f in fields(cls)}
     return cls(**{k: v for k, v in settings.items() if k in names and v is not None})
 
