@@ -95,6 +95,8 @@ def _validate_ranks(body: Mapping[str, Any], fail: Callable[[str, str, str | Non
         for key in ("points", "rank", "std"):
             if not isinstance(enc.get(key), list):
                 fail(f"{where}.{key}", "must be a list", None)
+        if not isinstance(enc.get("tokens"), int) or enc["tokens"] < 1:
+            fail(f"{where}.tokens", "must be the encoder's native token count (an integer >= 1)", None)
         if isinstance(enc.get("points"), list) and isinstance(enc.get("rank"), list):
             if len(enc["points"]) != len(enc["rank"]):
                 fail(f"{where}.rank", f"has {len(enc['rank'])} values for {len(enc['points'])} points", None)

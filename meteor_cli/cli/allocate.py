@@ -5,6 +5,7 @@ rank of its feature maps (METEOR's rank-guided assignment); the result is exact 
 capped at the tokens an encoder still has, and at least one token per encoder.
 
     meteor allocate --ranks ranks.json --total 1193 --fusion-keep 576 --out allocation.json
+    meteor rank-estimate ... --out - | meteor allocate --ranks - --keep-ratio 0.15 --out allocation.json
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from typing import Annotated
 
 import typer
 
-from meteor_cli.cli.common import Run, meteor_command, not_built
+from meteor_cli.cli.common import Run, meteor_command
+from meteor_cli.errors import UsageError
 
 
 class Strategy(str, Enum):
@@ -44,11 +46,72 @@ def main(
     schedule: Annotated[Schedule, typer.Option(
         "--schedule", help="Per-point totals: geometric from the native count to --total, or explicit (--totals).")] = Schedule.geometric,
     totals: Annotated[str | None, typer.Option(
-        "--totals", help="Explicit per-point totals, comma-separated (with --schedule explicit), e.g. 4302,2266,1193.")] = None,
+        "--totals", help="Explicit per-point totals, comma-separated (with --schedule explicit), e.g. 4302,2265,1193.")] = None,
     model: Annotated[str | None, typer.Option(
         "--model", help="Check the ranks' encoders against this model (preset, checkpoint or config JSON).")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output allocation artifact (`-` = stdout).")] = Path("allocation.json"),
     run: Run = None,  # type: ignore[assignment]
 ) -> None:
     """Turn encoder ranks into per-encoder, per-point token budgets (Stages 1 and 2)."""
-    raise not_built("allocate", "rank-guided budget allocation", 4)
+    from meteor_cli.artifacts import make_artifact, read_artifact, write_artifact
+    from meteor_cli.pruning.allocation import build_allocation
+
+    if ranks is None:
+        raise UsageError("--ranks is required", "pass the ranks.json written by `meteor rank-estimate` (or - for stdin)")
+    if str(out) == "-" and run.json:
+        raise UsageError("--out - and --json both write to stdout", "drop one of them")
+    explicit = None
+    if schedule is Schedule.explicit:
+        if not totals:
+            raise UsageError("--schedule explicit needs --totals", "e.g. --totals 4302,2265,1193")
+        try:
+            explicit = [int(t) for t in totals.split(",")]
+        except ValueError:
+            raise UsageError(f"--totals {totals!r} is not a comma-separated list of integers") from None
+    elif totals:
+        raise UsageError("--totals is only used with --schedule explicit", "add --schedule explicit")
+    art = read_artifact(ranks, "meteor.ranks", what="--ranks")
+    if model is not None:
+        _check_model(model, art["encoders"])
+    body = build_allocation(art.body, total=total, keep_ratio=keep_ratio, fusion_keep=fusion_keep,
+                            strategy=strategy.value, totals=explicit)
+    result = make_artifact("meteor.allocation", body, inputs=[ranks])
+    write_artifact(out, result)
+    final = body["stage1"]["totals"][-1]
+    if fusion_keep >= final:
+        run.warn(f"--fusion-keep {fusion_keep} >= the {final} tokens left after Stage 1: Stage 2 prunes nothing")
+
+    def human() -> None:
+        from rich.console import Console
+        from rich.table import Table
+
+        enc = body["stage1"]["encoders"]
+        table = Table(title=f"Stage-1 budgets ({strategy.value}); Stage 2 keeps {fusion_keep}", title_justify="left")
+        table.add_column("encoder")
+        table.add_column("native", justify="right")
+        table.add_column("rank per point")
+        table.add_column("keep per point")
+        for name, e in enc.items():
+            r = art["encoders"][name]["rank"]
+            table.add_row(name, str(body["native_tokens"][name]), " ".join(f"{x:.3f}" for x in r),
+                          " → ".join(map(str, e["keep"])))
+        table.add_row("total", str(sum(body["native_tokens"].values())), "", " → ".join(map(str, body["stage1"]["totals"])))
+        Console(stderr=str(out) == "-", soft_wrap=True).print(table)
+        if str(out) != "-":
+            Console(stderr=True).print(f"wrote {out}")
+
+    run.emit(result.to_dict(), human)
+
+
+def _check_model(spec: str, encoders: dict) -> None:
+    """The ranks must name exactly the model's encoders."""
+    from meteor_cli.errors import InvalidInputError
+
+    try:
+        from meteor_cli.model.checkpoint import load_model_config  # type: ignore[attr-defined]
+    except ImportError as exc:  # pragma: no cover - until the model core lands
+        raise UsageError("--model checking needs the model core, which is not built yet") from exc
+    names = [e.name for e in load_model_config(spec).encoders]
+    if sorted(names) != sorted(encoders):
+        raise InvalidInputError(f"--ranks covers encoders {sorted(encoders)} but model {spec!r} has {sorted(names)}",
+                                "estimate the ranks with the same model (`meteor rank-estimate --model ...`)")
