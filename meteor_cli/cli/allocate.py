@@ -96,11 +96,11 @@ def main(
             table.add_row(name, str(body["native_tokens"][name]), " ".join(f"{x:.3f}" for x in r),
                           " → ".join(map(str, e["keep"])))
         table.add_row("total", str(sum(body["native_tokens"].values())), "", " → ".join(map(str, body["stage1"]["totals"])))
-        Console(stderr=str(out) == "-", soft_wrap=True).print(table)
+        Console(soft_wrap=True).print(table)
         if str(out) != "-":
-            Console(stderr=True).print(f"wrote {out}")
+            typer.echo(f"wrote {out}", err=True)
 
-    run.emit(result.to_dict(), human)
+    run.emit(result.to_dict(), human, stdout_used=str(out) == "-")
 
 
 def _check_model(spec: str, encoders: dict) -> None:

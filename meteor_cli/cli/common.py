@@ -94,8 +94,16 @@ class Run:
 
     # -- output ----------------------------------------------------------------------------
 
-    def emit(self, data: Any, human: Callable[[], None] | str | None = None) -> None:
-        """Print the command's result: ``data`` as JSON with ``--json``, else ``human``."""
+    def emit(self, data: Any, human: Callable[[], None] | str | None = None, *, stdout_used: bool = False) -> None:
+        """Print the command's result: ``data`` as JSON with ``--json``, else ``human``.
+
+        ``stdout_used``: the command already wrote its artifact to stdout (``--out -``), so the
+        human summary goes to stderr to keep the pipe clean.
+        """
+        if stdout_used and not self.json:
+            with contextlib.redirect_stdout(sys.stderr):
+                self.emit(data, human)
+            return
         if self.json:
             sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
             sys.stdout.flush()
@@ -433,6 +441,11 @@ def reporting_errors(prog: str = "meteor") -> Iterator[None]:
             msg += f"\n  Fix: {exc.hint}"
         typer.echo(msg, err=True)
         raise click.Exit(int(exc.exit_code)) from None
+    except BrokenPipeError:
+        # The reader went away (`meteor … | head`): stop quietly, as Unix tools do.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        raise click.Exit(int(ExitCode.OK)) from None
     except KeyboardInterrupt:
         typer.echo(f"{prog}: interrupted", err=True)
         raise click.Exit(int(ExitCode.INTERRUPTED)) from None

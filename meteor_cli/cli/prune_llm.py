@@ -1,28 +1,92 @@
 """``meteor prune-llm``: Stage-3 settings — instance-adaptive, text-guided pruning in the LLM.
 
+Validates the settings against the model's LLM (depth, heads) and writes ``prune-llm.json``
+(``meteor.prune-llm/v1``), which ``meteor eval``, ``meteor infer`` and ``meteor flops`` read.
+
     meteor prune-llm --model ckpt/ --layers 4,12,20 --heads 5 --lambda 50 --out prune-llm.json
+    meteor prune-llm --model ckpt/ --method fastv --layers 2 --drop-ratio 0.5 --out fastv.json
+    meteor prune-llm --model ckpt/ --method fixed --layers 4,12,20 --keep 390,172,78 --out fixed.json
     meteor prune-llm --model ckpt/ --calibrate --data dev.json --target-tokens 242 --out prune-llm.json
 """
 
 from __future__ import annotations
 
+import json
+from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from meteor_cli.cli.common import Run, meteor_command, not_built
+from meteor_cli.cli.common import Run, meteor_command
+from meteor_cli.errors import InputNotFoundError, InvalidInputError, UsageError
+
+
+class Query(str, Enum):
+    text = "text"
+    last = "last"
+    last_instruction = "last-instruction"
+
+
+class Agg(str, Enum):
+    mean = "mean"
+    sum = "sum"
+
+
+def _ints_or_floats(text: str | None, option: str) -> list[Any] | None:
+    if text is None:
+        return None
+    try:
+        return [int(v) if v.strip().isdigit() else float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UsageError(f"{option} {text!r} must be comma-separated numbers", f"e.g. {option} 4,12,20") from None
+
+
+def llm_dims(spec: str) -> dict[str, Any]:
+    """Depth and heads of the LLM in ``spec``: an HF causal-LM directory or a meteor model."""
+    path = Path(spec)
+    cfg_file = path / "config.json" if path.is_dir() else path
+    if cfg_file.suffix == ".json" and cfg_file.is_file():
+        try:
+            cfg = json.loads(cfg_file.read_text())
+        except json.JSONDecodeError as exc:
+            raise InvalidInputError(f"{cfg_file} is not valid JSON: {exc.msg}", "check the model directory") from None
+        if "num_hidden_layers" in cfg:  # a plain Hugging Face LLM directory
+            return {"num_layers": cfg["num_hidden_layers"], "num_heads": cfg["num_attention_heads"],
+                    "family": cfg.get("model_type")}
+    try:
+        from meteor_cli.model.checkpoint import load_model_config  # type: ignore[attr-defined]
+    except ImportError:
+        if path.exists():
+            raise InvalidInputError(f"--model {spec}: no LLM config found (config.json without num_hidden_layers)",
+                                    "pass a Hugging Face causal-LM directory") from None
+        raise InputNotFoundError(f"--model {spec!r} is neither a directory nor a config file",
+                                 "pass a checkpoint directory or a Hugging Face LLM directory") from None
+    model_cfg = load_model_config(spec)
+    hf = model_cfg.llm_hf_config() if hasattr(model_cfg, "llm_hf_config") else model_cfg.llm.hf_config
+    return {"num_layers": hf["num_hidden_layers"], "num_heads": hf["num_attention_heads"], "family": hf.get("model_type")}
 
 
 @meteor_command("prune-llm", uses_device=True)
 def main(
-    model: Annotated[str | None, typer.Option("--model", help="Checkpoint directory, preset or config JSON.")] = None,
+    model: Annotated[str | None, typer.Option(
+        "--model", help="Checkpoint directory, preset, config JSON, or a Hugging Face causal-LM directory.")] = None,
     method: Annotated[str, typer.Option(
         "--method", help="Stage-3 policy: meteor, fixed, all-heads, fastv, pdrop (`meteor list policies`).")] = "meteor",
     layers: Annotated[str | None, typer.Option(
-        "--layers", help="0-based LLM layers to prune before, comma-separated [default: round(L·{4,12,20}/32)].")] = None,
+        "--layers", help="0-based LLM layers to prune before, comma-separated (default: round(L·{4,12,20}/32); "
+                         "fastv: its layer K; pdrop: round(L·{8,16,24}/32)).")] = None,
     heads: Annotated[int, typer.Option("--heads", min=1, help="Top-k attention heads used for scoring.")] = 5,
-    lam: Annotated[float, typer.Option("--lambda", help="Budget scale λ: larger keeps more tokens.")] = 50.0,
+    lam: Annotated[float, typer.Option("--lambda", help="Budget scale λ: larger keeps more tokens (meteor).")] = 50.0,
+    scale: Annotated[float, typer.Option("--scale", help="Calibration constant c in K = c·λ·ΣVAV (meteor).")] = 1.0,
+    k_min: Annotated[int, typer.Option("--k-min", min=1, help="Fewest visual tokens kept at a layer (meteor).")] = 1,
+    query: Annotated[Query, typer.Option(
+        "--query", help="Query rows: text (all text after the image), last, last-instruction.")] = Query.text,
+    agg: Annotated[Agg, typer.Option("--agg", help="Aggregate attention over the query rows: mean or sum.")] = Agg.mean,
+    keep: Annotated[str | None, typer.Option(
+        "--keep", help="fixed/all-heads: counts or ratios per layer (e.g. 390,172,78); pdrop: ratios of N0.")] = None,
+    drop_ratio: Annotated[float, typer.Option(
+        "--drop-ratio", min=0.0, max=0.99, help="fastv: fraction R of the visual tokens removed at layer K.")] = 0.5,
     calibrate: Annotated[bool, typer.Option(
         "--calibrate", help="Fit the scale c on --data so the layer-averaged token count hits --target-tokens.")] = False,
     data: Annotated[Path | None, typer.Option("--data", help="Calibration data (LLaVA format).")] = None,
@@ -34,4 +98,46 @@ def main(
     run: Run = None,  # type: ignore[assignment]
 ) -> None:
     """Choose (and optionally calibrate) Stage-3 pruning inside the LLM."""
-    raise not_built("prune-llm", "Stage-3 pruning inside the LLM", 6)
+    from meteor_cli.artifacts import make_artifact, write_artifact
+    from meteor_cli.cli.common import not_built
+    from meteor_cli.pruning.llm_policies import make_policy
+
+    if model is None:
+        raise UsageError("--model is required", "pass the checkpoint (or HF LLM directory) the settings are for")
+    if str(out) == "-" and run.json:
+        raise UsageError("--out - and --json both write to stdout", "drop one of them")
+    dims = llm_dims(model)
+    layer_list = _ints_or_floats(layers, "--layers")
+    keep_list = _ints_or_floats(keep, "--keep")
+    settings: dict[str, Any] = {"layers": layer_list, "heads": heads, "lam": lam, "scale": scale, "k_min": k_min,
+                                "query": query.value, "agg": agg.value, "r": drop_ratio}
+    if method == "fastv":
+        settings["query"] = "last" if query is Query.text else query.value
+        if layer_list:
+            settings["k"] = layer_list[0]
+    if method == "all-heads":
+        settings.pop("heads")  # the point of this baseline: no head filtering
+    if method == "pdrop":
+        settings["query"] = "last-instruction" if query is Query.text else query.value
+        settings["ratios"] = keep_list
+    elif keep_list is not None:
+        settings["keep"] = keep_list
+    policy = make_policy(method, **settings)
+    policy.validate(dims["num_layers"], dims["num_heads"])
+    if calibrate:
+        if method != "meteor":
+            raise UsageError("--calibrate fits the scale of the meteor policy only", "drop --calibrate or use --method meteor")
+        if data is None or target_tokens is None:
+            raise UsageError("--calibrate needs --data and --target-tokens", "e.g. --data dev.json --target-tokens 242")
+        raise not_built("prune-llm --calibrate", "calibration on images needs the model core", 6)
+    body = {"method": method, **policy.to_dict(), "model": {"spec": model, **dims}, "calibration": None}
+    art = make_artifact("meteor.prune-llm", body, inputs=[model] if Path(model).exists() else [])
+    write_artifact(out, art)
+
+    def human() -> None:
+        desc = ", ".join(f"{k}={v}" for k, v in policy.to_dict().items())
+        typer.echo(f"Stage 3: {method} ({desc}) on a {dims['num_layers']}-layer, {dims['num_heads']}-head LLM")
+        if str(out) != "-":
+            typer.echo(f"wrote {out}")
+
+    run.emit(art.to_dict(), human, stdout_used=str(out) == "-")

@@ -1,0 +1,62 @@
+"""`meteor prune-llm`: settings validated against the LLM, written as meteor.prune-llm/v1."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from meteor_cli import artifacts as A
+from meteor_cli.errors import ExitCode
+
+from .conftest import tiny_llama
+
+
+@pytest.fixture
+def llm_dir(tmp_path):
+    tiny_llama().save_pretrained(tmp_path / "llm")
+    return "llm"
+
+
+def test_defaults_scale_layers_to_depth(cli, llm_dir, tmp_path):
+    res = cli("prune-llm", "--model", llm_dir, "--device", "cpu")
+    assert res.exit_code == 0, res.output
+    art = A.read_artifact(tmp_path / "prune-llm.json", "meteor.prune-llm")
+    assert art["method"] == "meteor" and art["layers"] == [1, 2, 4]
+    assert (art["heads"], art["lam"], art["scale"], art["query"], art["agg"], art["k_min"]) == (5, 50.0, 1.0, "text", "mean", 1)
+    assert art["model"]["num_layers"] == 6 and art["model"]["num_heads"] == 8
+
+
+@pytest.mark.parametrize("args, expect", [
+    (["--method", "fastv", "--layers", "2", "--drop-ratio", "0.75"], {"layers": [2], "k": 2, "r": 0.75, "query": "last"}),
+    (["--method", "pdrop"], {"layers": [2, 3, 4], "ratios": [0.5, 0.25, 0.125], "query": "last-instruction"}),
+    (["--method", "fixed", "--layers", "1,3", "--keep", "20,8"], {"keep": [20, 8], "heads": 5}),
+    (["--method", "all-heads", "--layers", "1,3", "--keep", "0.5,0.25"], {"keep": [0.5, 0.25], "heads": None}),
+])
+def test_baseline_policies(cli, llm_dir, args, expect):
+    res = cli("prune-llm", "--model", llm_dir, "--device", "cpu", "--out", "-", *args)
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    for k, v in expect.items():
+        assert data[k] == v, k
+
+
+@pytest.mark.parametrize("args, code, message", [
+    (["--layers", "4,12,20"], ExitCode.USAGE, "must lie in 0..5"),
+    (["--layers", "3,1"], ExitCode.USAGE, "strictly increasing"),
+    (["--heads", "9"], ExitCode.USAGE, "--heads 9 must be in 1..8"),
+    (["--lambda", "0"], ExitCode.USAGE, "--lambda 0.0 must be positive"),
+    (["--method", "fastvv"], ExitCode.USAGE, "did you mean 'fastv'"),
+    (["--method", "fixed", "--layers", "1,3", "--keep", "5"], ExitCode.USAGE, "1 keep values for 2 layers"),
+    (["--calibrate"], ExitCode.USAGE, "--calibrate needs --data and --target-tokens"),
+])
+def test_bad_settings_write_nothing(cli, llm_dir, tmp_path, args, code, message):
+    res = cli("prune-llm", "--model", llm_dir, "--device", "cpu", *args)
+    assert res.exit_code == code, res.output
+    assert message in res.stderr
+    assert not (tmp_path / "prune-llm.json").exists()
+
+
+def test_missing_model(cli):
+    res = cli("prune-llm", "--model", "nowhere", "--device", "cpu")
+    assert res.exit_code == ExitCode.NOT_FOUND
