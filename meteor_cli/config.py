@@ -1,0 +1,163 @@
+"""Model configuration: encoders, projectors, fusion, LLM — plain dataclasses with JSON round trip.
+
+A ``ModelConfig`` fully describes a multi-encoder VLM; checkpoints store it as ``config.json``.
+Every validation error names the offending field (``encoders[1].image_size``) and exits with
+code 4 through :class:`~meteor_cli.errors.ConfigError`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from meteor_cli.errors import ConfigError, InputNotFoundError
+
+FUSIONS = ("post-projection", "pre-projection")
+TEMPLATES = ("plain", "vicuna_v1", "llama3", "chatml")
+
+
+def default_prune_points(depth: int) -> list[int]:
+    """After 0-based blocks round(L·j/3)−1, j = 1..3 (METHOD A2): 24 → [7, 15, 23], 18 → [5, 11, 17]."""
+    return [max(0, round(depth * j / 3) - 1) for j in (1, 2, 3)]
+
+
+@dataclass
+class EncoderConfig:
+    """One vision encoder.
+
+    Attributes:
+        name: unique name inside the model ("clip", "convnext", …); keys budgets and ranks.
+        family: registered encoder family (``meteor list encoders``): vit, convnext, clip.
+        image_size: input side in pixels; must be a multiple of ``patch``.
+        patch: patch size (ViT/CLIP) or total stride (ConvNeXt: 32).
+        depth: number of blocks (ViT/CLIP) or stages (ConvNeXt).
+        width: hidden width of the output tokens.
+        heads: attention heads (ViT/CLIP).
+        mlp_ratio: MLP width / width (ViT/CLIP).
+        has_cls: whether a CLS token is prepended (kept out of budgets).
+        dims: ConvNeXt stage widths (``width`` must equal the last).
+        stage_depths: ConvNeXt blocks per stage.
+        weights: local weight file (timm) or directory (HF); None = random initialisation.
+        prune_points: 0-based blocks after which Stage 1 prunes; default round(L·j/3)−1.
+        mean, std: input normalisation.
+    """
+
+    name: str
+    family: str
+    image_size: int
+    patch: int
+    depth: int
+    width: int
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    has_cls: bool = True
+    dims: list[int] | None = None
+    stage_depths: list[int] | None = None
+    weights: str | None = None
+    prune_points: list[int] | None = None
+    mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+
+    def validate(self, where: str) -> None:
+        if self.image_size % self.patch:
+            raise ConfigError(f"{where}.image_size: {self.image_size} is not a multiple of the patch size {self.patch}",
+                              f"use a multiple of {self.patch}")
+        if self.depth < 1 or self.width < 1:
+            raise ConfigError(f"{where}: depth and width must be positive")
+        if self.prune_points is None:
+            self.prune_points = [self.depth - 1] * 3 if self.family == "convnext" else default_prune_points(self.depth)
+        if any(not 0 <= p < self.depth for p in self.prune_points) or sorted(self.prune_points) != self.prune_points:
+            raise ConfigError(f"{where}.prune_points: {self.prune_points} must be ascending block indices in 0..{self.depth - 1}")
+        if self.family == "convnext" and (not self.dims or self.dims[-1] != self.width):
+            raise ConfigError(f"{where}.dims: ConvNeXt needs stage widths ending in width {self.width}")
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // self.patch
+
+    @property
+    def num_tokens(self) -> int:
+        """Patch tokens on the native grid (CLS excluded)."""
+        return self.grid * self.grid
+
+
+@dataclass
+class LLMConfig:
+    """The language model: a local Hugging Face directory, or an inline HF config (random init)."""
+
+    path: str | None = None
+    hf_config: dict[str, Any] | None = None
+    attn_implementation: str = "sdpa"
+
+    def validate(self) -> None:
+        if (self.path is None) == (self.hf_config is None):
+            raise ConfigError("llm: give exactly one of llm.path (a local HF directory) and llm.hf_config")
+        if self.path is not None and not (Path(self.path) / "config.json").is_file():
+            raise InputNotFoundError(f"llm.path: {self.path} has no config.json", "pass a local Hugging Face model directory")
+
+    def resolved_hf_config(self) -> dict[str, Any]:
+        if self.hf_config is not None:
+            return dict(self.hf_config)
+        return json.loads((Path(self.path) / "config.json").read_text())  # type: ignore[arg-type]
+
+
+@dataclass
+class ModelConfig:
+    """A multi-encoder VLM: encoders → per-encoder projectors → fusion → LLM."""
+
+    encoders: list[EncoderConfig]
+    llm: LLMConfig
+    fusion: str = "post-projection"
+    template: str = "plain"
+    #: Common grid for pre-projection fusion (EAGLE: 32).
+    grid: int = 8
+    projector_hidden: int | None = None
+
+    def __post_init__(self) -> None:
+        self.encoders = [e if isinstance(e, EncoderConfig) else EncoderConfig(**e) for e in self.encoders]
+        if not isinstance(self.llm, LLMConfig):
+            self.llm = LLMConfig(**self.llm)
+
+    def validate(self) -> ModelConfig:
+        if not self.encoders:
+            raise ConfigError("encoders: a model needs at least one encoder")
+        names = [e.name for e in self.encoders]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"encoders: names must be unique, got {names}")
+        from meteor_cli.registry import ENCODERS, load_builtins_and_plugins
+
+        load_builtins_and_plugins()
+        for i, e in enumerate(self.encoders):
+            if e.family not in ENCODERS:
+                raise ConfigError(f"encoders[{i}].family: {e.family!r} is not a registered encoder family",
+                                  f"registered: {', '.join(ENCODERS.list())}")
+            e.validate(f"encoders[{i}]")
+        if self.fusion not in FUSIONS:
+            raise ConfigError(f"fusion: {self.fusion!r}", f"choose from {', '.join(FUSIONS)}")
+        if self.template not in TEMPLATES:
+            raise ConfigError(f"template: {self.template!r}", f"choose from {', '.join(TEMPLATES)}")
+        self.llm.validate()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        try:
+            return cls(**d)
+        except TypeError as exc:
+            raise ConfigError(f"model config: {exc}", "compare with `meteor inspect` of a working checkpoint") from None
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> ModelConfig:
+        p = Path(path)
+        if not p.is_file():
+            raise InputNotFoundError(f"model config {p} does not exist")
+        try:
+            data = json.loads(p.read_text())
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{p}: not valid JSON ({exc.msg})") from None
+        return cls.from_dict(data.get("model", data))

@@ -1,0 +1,1 @@
+"""The multi-encoder VLM: encoder adapters, projectors, fusion, the LLM, presets, checkpoints."""

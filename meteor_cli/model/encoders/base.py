@@ -1,0 +1,142 @@
+"""What every encoder adapter provides, so Stage 1 can prune between blocks.
+
+The model runs an encoder as ``embed → run_blocks(0, b1+1) → [prune] → run_blocks(b1+1, b2+1)
+→ [prune] → … → finalize``. Between segments the tokens live in a :class:`TokenState` that
+carries each token's original grid position, so pruned tokens can be put back on the grid
+(feature maps for rank estimation, pictures of kept tokens) and RoPE encoders can index their
+tables. The CLS token (if any) is kept apart in ``prefix`` and never counted in budgets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+from torch import nn
+
+from meteor_cli.config import EncoderConfig
+from meteor_cli.errors import InputNotFoundError
+
+
+@dataclass
+class TokenState:
+    """Tokens between encoder segments.
+
+    Attributes:
+        x: (B, N, D) patch tokens still present.
+        pos: (B, N) long, each token's raster index on the native grid.
+        prefix: (B, P, D) CLS/register tokens, or None.
+        grid: (h, w) native grid.
+        block_input: (B, P+N, D) the input of the last block run (for CLS attention), or None.
+        spatial: (B, C, H, W) map for convolutional encoders before they are flattened, or None.
+    """
+
+    x: torch.Tensor
+    pos: torch.Tensor
+    prefix: torch.Tensor | None
+    grid: tuple[int, int]
+    block_input: torch.Tensor | None = None
+    spatial: torch.Tensor | None = None
+
+    def gather(self, idx: torch.Tensor) -> TokenState:
+        """Keep the tokens at ``idx`` (B, k) — sorted indices into the current tokens."""
+        x = torch.gather(self.x, 1, idx.unsqueeze(-1).expand(-1, -1, self.x.shape[-1]))
+        return replace(self, x=x, pos=torch.gather(self.pos, 1, idx), block_input=None)
+
+    def with_tokens(self, tokens: torch.Tensor) -> TokenState:
+        """Split (B, P+N, D) back into prefix and patch tokens."""
+        p = 0 if self.prefix is None else self.prefix.shape[1]
+        return replace(self, prefix=tokens[:, :p] if p else None, x=tokens[:, p:])
+
+    def tokens(self) -> torch.Tensor:
+        return self.x if self.prefix is None else torch.cat([self.prefix, self.x], dim=1)
+
+
+class EncoderAdapter(nn.Module):
+    """Base class: subclasses wrap one upstream module as ``self.net``."""
+
+    def __init__(self, cfg: EncoderConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.register_buffer("mean", torch.tensor(cfg.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(cfg.std).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def depth(self) -> int:
+        return self.cfg.depth
+
+    @property
+    def width(self) -> int:
+        return self.cfg.width
+
+    @property
+    def num_tokens(self) -> int:
+        return self.cfg.num_tokens
+
+    @property
+    def prune_points(self) -> list[int]:
+        return list(self.cfg.prune_points or [])
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) floats in [0, 1] → resized to this encoder's size and normalised."""
+        s = self.cfg.image_size
+        if images.shape[-2:] != (s, s):
+            images = nn.functional.interpolate(images, size=(s, s), mode="bilinear", align_corners=False, antialias=True)
+        return (images - self.mean) / self.std
+
+    def _start(self, x: torch.Tensor, prefix: torch.Tensor | None) -> TokenState:
+        B, N, _ = x.shape
+        g = self.cfg.grid
+        pos = torch.arange(N, device=x.device).unsqueeze(0).expand(B, N)
+        return TokenState(x=x, pos=pos, prefix=prefix, grid=(g, g))
+
+    def embed(self, pixels: torch.Tensor) -> TokenState:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def run_blocks(self, state: TokenState, start: int, end: int) -> TokenState:  # pragma: no cover
+        raise NotImplementedError
+
+    def finalize(self, state: TokenState) -> TokenState:
+        return state
+
+    def cls_attention(self, state: TokenState, block: int) -> torch.Tensor | None:
+        """(B, N) CLS-row attention over the patch tokens at ``block`` (None without a CLS)."""
+        return None
+
+    def feature_map(self, state: TokenState) -> torch.Tensor:
+        """(B, D, h, w): tokens scattered back to their grid positions (zeros where pruned)."""
+        B, N, D = state.x.shape
+        h, w = state.grid
+        out = state.x.new_zeros(B, h * w, D)
+        out.scatter_(1, state.pos.unsqueeze(-1).expand(-1, -1, D), state.x)
+        return out.transpose(1, 2).reshape(B, D, h, w)
+
+    def forward_segments(self, pixels: torch.Tensor) -> TokenState:
+        """Embed, all blocks, finalize — through the segment API, without pruning."""
+        return self.finalize(self.run_blocks(self.embed(pixels), 0, self.depth))
+
+    def load_weights(self, module: nn.Module, path: str | None) -> None:
+        """Load a local timm/torch checkpoint (.safetensors, .pth/.bin) into ``module``."""
+        if path is None:
+            return
+        from pathlib import Path
+
+        p = Path(path)
+        if not p.is_file():
+            raise InputNotFoundError(f"encoder {self.cfg.name}: weights file {path} does not exist",
+                                     "weights load from local files only; check encoders[].weights")
+        if p.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            sd = load_file(str(p))
+        else:
+            sd = torch.load(p, map_location="cpu", weights_only=True)
+            sd = sd.get("state_dict", sd.get("model", sd)) if isinstance(sd, dict) else sd
+        module.load_state_dict(sd, strict=True)
+
+
+def build_encoder(cfg: EncoderConfig) -> EncoderAdapter:
+    """The registered adapter for ``cfg.family``, built from ``cfg``."""
+    from meteor_cli.registry import ENCODERS
+
+    return ENCODERS.get(cfg.family)(cfg)

@@ -1,0 +1,96 @@
+"""The LLM side: build it, template prompts, splice visual tokens in, generate.
+
+The visual tokens replace the single ``<image>`` placeholder of the templated prompt. Their span
+(start, length) is *computed* per sample from the tokenisation — never hard-coded (FastV#16) —
+and returned with the inputs so Stage 3 can find them. Batches are LEFT-padded, so the last
+position of every row is its last real token (what generation reads).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from meteor_cli.config import LLMConfig
+from meteor_cli.errors import UsageError
+
+IMAGE = "<image>"
+TEMPLATES = {
+    "plain": ("{user}\n", "{answer}"),
+    "vicuna_v1": ("A chat between a curious user and an artificial intelligence assistant. The assistant gives "
+                  "helpful, detailed, and polite answers to the user's questions. USER: {user} ASSISTANT:", " {answer}"),
+    "llama3": ("<|start_header_id|>user<|end_header_id|>\n\n{user}<|eot_id|><|start_header_id|>assistant"
+               "<|end_header_id|>\n\n", "{answer}"),
+    "chatml": ("<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n", "{answer}"),
+}
+
+
+def build_llm(cfg: LLMConfig) -> nn.Module:
+    """An HF causal LM from a local directory, or randomly initialised from an inline config."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if cfg.path is not None:
+        return AutoModelForCausalLM.from_pretrained(cfg.path, attn_implementation=cfg.attn_implementation)
+    hf = dict(cfg.hf_config or {})
+    hf_cfg = AutoConfig.for_model(hf.pop("model_type"), **hf)
+    return AutoModelForCausalLM.from_config(hf_cfg, attn_implementation=cfg.attn_implementation)
+
+
+@dataclass
+class LLMInputs:
+    """A batch ready for the LLM (left-padded)."""
+
+    embeds: torch.Tensor  # (B, L, d)
+    attention_mask: torch.Tensor  # (B, L) long
+    labels: torch.Tensor | None  # (B, L) long, -100 except answer tokens
+    visual_start: list[int]
+    visual_len: list[int]
+    prompt_len: list[int]  # end of each prompt (answer tokens follow)
+
+
+def split_prompt(template: str, user: str) -> tuple[str, str, str]:
+    """(text before the image, text after it, answer format) for one templated prompt."""
+    if user.count(IMAGE) != 1:
+        raise UsageError(f"the prompt must contain the image placeholder {IMAGE} exactly once: {user[:80]!r}",
+                         f"write e.g. '{IMAGE}\\nWhat is shown?'")
+    head, answer_fmt = TEMPLATES[template]
+    full = head.format(user=user)
+    pre, post = full.split(IMAGE)
+    return pre, post, answer_fmt
+
+
+def build_inputs(tokenizer: Any, embed: nn.Module, template: str, prompts: list[str], visual: torch.Tensor,
+                 answers: list[str] | None = None) -> LLMInputs:
+    """Template, tokenise, splice ``visual`` (B, N, d) at ``<image>``; labels cover answers + EOS."""
+    dev = visual.device
+    rows, labels, starts, plens = [], [], [], []
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    for b, user in enumerate(prompts):
+        pre, post, answer_fmt = split_prompt(template, user)
+        ids_pre = bos + tokenizer(pre, add_special_tokens=False)["input_ids"]
+        ids_post = tokenizer(post, add_special_tokens=False)["input_ids"]
+        ids_ans = []
+        if answers is not None:
+            ids_ans = tokenizer(answer_fmt.format(answer=answers[b]), add_special_tokens=False)["input_ids"]
+            ids_ans = ids_ans + [tokenizer.eos_token_id]
+        t = lambda ids: embed(torch.tensor(ids, dtype=torch.long, device=dev))  # noqa: E731
+        n = visual.shape[1]
+        rows.append(torch.cat([t(ids_pre), visual[b].to(embed.weight.dtype), t(ids_post), t(ids_ans)]))
+        lab = [-100] * (len(ids_pre) + n + len(ids_post)) + ids_ans
+        labels.append(torch.tensor(lab, dtype=torch.long, device=dev))
+        starts.append(len(ids_pre))
+        plens.append(len(ids_pre) + n + len(ids_post))
+    L = max(r.shape[0] for r in rows)
+    B, d = len(rows), rows[0].shape[1]
+    embeds = rows[0].new_zeros(B, L, d)
+    mask = torch.zeros(B, L, dtype=torch.long, device=dev)
+    lab_t = torch.full((B, L), -100, dtype=torch.long, device=dev)
+    for b, (r, lab) in enumerate(zip(rows, labels)):
+        off = L - len(r)
+        embeds[b, off:], mask[b, off:], lab_t[b, off:] = r, 1, lab
+        starts[b] += off
+        plens[b] += off
+    return LLMInputs(embeds, mask, lab_t if answers is not None else None, starts, [visual.shape[1]] * B, plens)

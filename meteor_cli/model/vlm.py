@@ -1,0 +1,136 @@
+"""The multi-encoder VLM: encoders → (Stage 1) → per-encoder projectors → (Stage 2) → LLM (Stage 3).
+
+Pruning stages plug in as hooks; the model does not know which policy runs:
+
+* ``stage1(name, j, state, adapter) -> idx (B, k) | None`` at each encoder pruning point j;
+* ``stage2(z (B, N, d), encoder_ids (N,), pos (B, N)) -> idx (B, K) | None`` on the fused tokens;
+* Stage 3 is an :class:`~meteor_cli.pruning.llm_pruner.LLMPruner` around the LLM's layers,
+  opened per batch with the visual spans :meth:`MultiEncoderVLM.prepare` returns.
+
+Fusion ``post-projection`` (METEOR): one ``mlp2x_gelu`` projector per encoder, tokens
+concatenated along the token axis, grouped by encoder. ``pre-projection`` (EAGLE baseline):
+every final map resampled to a common grid, channels concatenated, one projector.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from meteor_cli.config import ModelConfig
+from meteor_cli.model.encoders import build_encoder
+from meteor_cli.model.llm import LLMInputs, build_inputs, build_llm
+
+
+def mlp2x_gelu(d_in: int, d_out: int) -> nn.Sequential:
+    """LLaVA/EAGLE's projector: Linear → GELU → Linear."""
+    return nn.Sequential(nn.Linear(d_in, d_out), nn.GELU(), nn.Linear(d_out, d_out))
+
+
+@dataclass
+class VisualTokens:
+    z: torch.Tensor  # (B, N, d) LLM-space visual tokens
+    encoder_ids: torch.Tensor  # (N,) which encoder each token came from
+    pos: torch.Tensor  # (B, N) grid position of each token in its encoder
+    per_encoder: dict[str, list[int]] = field(default_factory=dict)  # tokens per encoder, per sample
+
+
+class MultiEncoderVLM(nn.Module):
+    def __init__(self, cfg: ModelConfig, tokenizer: Any = None) -> None:
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        self.encoders = nn.ModuleDict({e.name: build_encoder(e) for e in cfg.encoders})
+        self.llm = build_llm(cfg.llm)
+        d = self.llm.config.hidden_size
+        if cfg.fusion == "post-projection":
+            self.projectors = nn.ModuleDict({e.name: mlp2x_gelu(e.width, d) for e in cfg.encoders})
+        else:
+            self.projectors = nn.ModuleDict({"fused": mlp2x_gelu(sum(e.width for e in cfg.encoders), d)})
+        self.stage1: Callable[..., torch.Tensor | None] | None = None
+        self.stage2: Callable[..., torch.Tensor | None] | None = None
+
+    # -- vision --------------------------------------------------------------------------------
+
+    def run_encoder(self, name: str, images: torch.Tensor):
+        adapter = self.encoders[name]
+        state = adapter.embed(adapter.preprocess(images))
+        start = 0
+        for j, b in enumerate(adapter.prune_points):
+            state = adapter.run_blocks(state, start, b + 1)
+            start = b + 1
+            if self.stage1 is not None:
+                idx = self.stage1(name, j, state, adapter)
+                if idx is not None:
+                    state = state.gather(idx)
+        state = adapter.run_blocks(state, start, adapter.depth)
+        return adapter.finalize(state)
+
+    def encode_images(self, images: torch.Tensor) -> VisualTokens:
+        """(B, 3, H, W) floats in [0, 1] → visual tokens in the LLM's space."""
+        states = {name: self.run_encoder(name, images) for name in self.encoders}
+        B = images.shape[0]
+        if self.cfg.fusion == "pre-projection":
+            g = self.cfg.grid
+            maps = [nn.functional.interpolate(self.encoders[n].feature_map(s), size=(g, g), mode="bilinear",
+                                              align_corners=False) for n, s in states.items()]
+            fused = torch.cat(maps, dim=1).flatten(2).transpose(1, 2)  # (B, g², ΣD)
+            z = self.projectors["fused"](fused)
+            ids = torch.zeros(g * g, dtype=torch.long, device=z.device)
+            pos = torch.arange(g * g, device=z.device).expand(B, -1)
+            return VisualTokens(z, ids, pos, {"fused": [g * g] * B})
+        zs, ids, pos = [], [], []
+        for i, (name, s) in enumerate(states.items()):
+            zs.append(self.projectors[name](s.x))
+            ids.append(torch.full((s.x.shape[1],), i, dtype=torch.long, device=s.x.device))
+            pos.append(s.pos)
+        z, enc_ids, p = torch.cat(zs, 1), torch.cat(ids), torch.cat(pos, 1)
+        if self.stage2 is not None:
+            idx = self.stage2(z, enc_ids, p)
+            if idx is not None:
+                z = torch.gather(z, 1, idx.unsqueeze(-1).expand(-1, -1, z.shape[-1]))
+                p = torch.gather(p, 1, idx)
+                kept_ids = enc_ids[idx]  # (B, K)
+                per = {n: (kept_ids == i).sum(1).tolist() for i, n in enumerate(states)}
+                return VisualTokens(z, kept_ids, p, per)
+        per = {n: [s.x.shape[1]] * B for n, s in states.items()}
+        return VisualTokens(z, enc_ids, p, per)
+
+    # -- language ------------------------------------------------------------------------------
+
+    def prepare(self, images: torch.Tensor, prompts: list[str], answers: list[str] | None = None) -> tuple[LLMInputs, VisualTokens]:
+        vis = self.encode_images(images)
+        inputs = build_inputs(self.tokenizer, self.llm.get_input_embeddings(), self.cfg.template, prompts, vis.z, answers)
+        return inputs, vis
+
+    def loss_sum(self, images: torch.Tensor, prompts: list[str], answers: list[str]) -> tuple[torch.Tensor, int]:
+        """Sum of answer-token cross-entropies and the number of answer tokens."""
+        inputs, _ = self.prepare(images, prompts, answers)
+        logits = self.llm(inputs_embeds=inputs.embeds, attention_mask=inputs.attention_mask).logits
+        target = inputs.labels[:, 1:]  # type: ignore[index]
+        loss = nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), target.flatten(), ignore_index=-100,
+                                           reduction="sum")
+        return loss, int((target != -100).sum())
+
+    @torch.no_grad()
+    def generate(self, images: torch.Tensor, prompts: list[str], *, max_new_tokens: int = 16,
+                 temperature: float = 0.0, stage3: Any = None) -> list[str]:
+        """Answers as text. ``stage3``: an installed LLMPruner (pruning at prefill, static decode)."""
+        import contextlib
+
+        inputs, _ = self.prepare(images, prompts)
+        ctx = stage3.session(inputs.visual_start, inputs.visual_len, attention_mask=inputs.attention_mask) \
+            if stage3 is not None else contextlib.nullcontext()
+        kw: dict[str, Any] = {"do_sample": temperature > 0}
+        if temperature > 0:
+            kw["temperature"] = temperature
+        with ctx:
+            out = self.llm.generate(inputs_embeds=inputs.embeds, attention_mask=inputs.attention_mask,
+                                    max_new_tokens=max_new_tokens, pad_token_id=self.tokenizer.pad_token_id,
+                                    eos_token_id=self.tokenizer.eos_token_id, **kw)
+        return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
