@@ -73,7 +73,11 @@ def demo(args: list[str]) -> None:
     sh(meteor, "list")
     sh(meteor, "synth", "--out", out / "synthvqa", "--train", "200", "--eval", "40", "--overwrite")
     # Stages that are not built yet exit with code 2 and say so; show that honestly.
-    for stage in ("rank-estimate", "train", "eval", "flops", "infer"):
+    sh(meteor, "rank-estimate", "--model", "tiny", "--data", out / "synthvqa" / "train.json", "--count", "32",
+       "--grid", "8", "--out", out / "ranks.json")
+    sh(meteor, "allocate", "--ranks", out / "ranks.json", "--keep-ratio", "0.5", "--fusion-keep", "32",
+       "--out", out / "allocation.json")
+    for stage in ("train", "eval", "flops", "infer"):
         code = subprocess.run([str(meteor), stage, "--device", "cpu"], cwd=out).returncode
         print(f"meteor {stage}: exit code {code}" + (" (not built yet)" if code == 2 else ""), flush=True)
 

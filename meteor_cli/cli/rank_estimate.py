@@ -5,19 +5,24 @@ Runs every encoder unpruned on a small, seeded sample of the training data (the 
 ``meteor allocate`` turns the result into per-encoder token budgets.
 
     meteor rank-estimate --model tiny --data train.json --image-root images/ --out ranks.json
-    # SLURM array, one shard per task, then merge:
+    # SLURM array, one shard per task, then merge (exact: same mean and std as one run):
     meteor rank-estimate ... --num-chunks 8 --chunk-idx $SLURM_ARRAY_TASK_ID --out ranks.$SLURM_ARRAY_TASK_ID.json
+    meteor rank-estimate merge ranks.*.json --out ranks.json
+    # torchrun: one shard per rank, merged by rank 0 into --out
+    torchrun --nproc-per-node 2 -m meteor_cli rank-estimate ... --out ranks.json
 """
 
 from __future__ import annotations
 
+import os
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from meteor_cli.cli.common import Run, meteor_command, not_built
+from meteor_cli.cli.common import Run, meteor_command
+from meteor_cli.errors import InvalidInputError, UsageError
 
 
 class RankMethod(str, Enum):
@@ -28,12 +33,15 @@ class RankMethod(str, Enum):
 
 @meteor_command("rank-estimate", uses_device=True)
 def main(
+    parts: Annotated[list[str] | None, typer.Argument(
+        help="`merge PART...` combines shard outputs into --out instead of estimating.", metavar="[merge PART...]",
+        show_default=False)] = None,
     model: Annotated[str | None, typer.Option(
         "--model", help="Model: a preset name (`meteor list presets`), a checkpoint directory or a config JSON.")] = None,
     data: Annotated[Path | None, typer.Option(
         "--data", help="LLaVA-format instruction data (JSON list or JSONL with `image` and `conversations`).")] = None,
     image_root: Annotated[Path | None, typer.Option(
-        "--image-root", help="Directory the records' `image` paths are relative to [default: the data file's directory].")] = None,
+        "--image-root", help="Directory the records' `image` paths are relative to (default: the data file's directory).")] = None,
     sample: Annotated[float, typer.Option(
         "--sample", min=0.0, max=1.0, help="Fraction of the image records to use (0.001 = the paper's 0.1 %).")] = 0.001,
     count: Annotated[int | None, typer.Option(
@@ -51,4 +59,90 @@ def main(
     run: Run = None,  # type: ignore[assignment]
 ) -> None:
     """Estimate the rank of each encoder's feature maps at every pruning point (Stage 1)."""
-    raise not_built("rank-estimate", "Stage-1 rank estimation", 4)
+    from meteor_cli.artifacts import make_artifact, read_artifact, write_artifact
+    from meteor_cli.pruning.estimate import merge_bodies
+
+    if parts:
+        if parts[0] != "merge" or len(parts) < 2:
+            raise UsageError(f"unexpected argument {parts[0]!r}", "the only positional form is: merge PART...")
+        bodies = [read_artifact(p, "meteor.ranks", what="part").body for p in parts[1:]]
+        art = make_artifact("meteor.ranks", merge_bodies(bodies), inputs=parts[1:])
+        write_artifact(out, art)
+        _report(run, art.body, out)
+        return
+    if model is None or data is None:
+        raise UsageError("--model and --data are required", "e.g. --model tiny --data synthvqa/train.json")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:  # torchrun: one shard per rank
+        num_chunks, chunk_idx = world, int(os.environ.get("RANK", "0"))
+    if chunk_idx >= num_chunks:
+        raise UsageError(f"--chunk-idx {chunk_idx} must be below --num-chunks {num_chunks}")
+    body = _estimate(run, model, data, image_root, sample, count, method.value, grid, batch_size, num_chunks, chunk_idx)
+    n_total = body["n_images"] + body["n_failed"]
+    if n_total and body["n_failed"] > max_failed * n_total:
+        raise InvalidInputError(f"{body['n_failed']} of {n_total} images could not be read "
+                                f"(more than --max-failed {max_failed:.2%}); first: {body['failed'][:3]}",
+                                "check --image-root, or raise --max-failed")
+    inputs = [data] + ([model] if Path(model).exists() else [])
+    if world > 1:
+        _torchrun_merge(run, body, inputs, out)
+        return
+    art = make_artifact("meteor.ranks", body, inputs=inputs)
+    write_artifact(out, art)
+    _report(run, body, out)
+
+
+def _estimate(run: Run, model: str, data: Path, image_root: Path | None, sample: float, count: int | None,
+              method: str, grid: int, batch_size: int, num_chunks: int, chunk_idx: int) -> dict:
+    from meteor_cli.data.llava import iter_selected, sample_records
+    from meteor_cli.model.checkpoint import load_model
+    from meteor_cli.pruning.estimate import estimate_ranks
+
+    run.seed_everything()
+    vlm = load_model(model, run.device.torch, seed=run.seed)
+    chosen = sample_records(data, fraction=None if count else sample, count=count, seed=run.seed)
+    shard = chosen.shard(num_chunks, chunk_idx)
+    run.info(f"rank-estimate: {len(shard.indices)} images (shard {chunk_idx + 1}/{num_chunks} of {len(chosen.indices)}; "
+             f"{chosen.n_without_image} text-only records skipped), encoders {', '.join(vlm.encoders)}")
+    with run.progress(total=len(shard.indices), desc="rank-estimate", unit="img") as bar:
+        body = estimate_ranks(vlm, iter_selected(data, shard.indices), image_root or data.parent, method=method,
+                              grid=grid, batch_size=batch_size, device=run.device.torch, progress=bar.update)
+    body["n_text_only"] = chosen.n_without_image
+    body["sample"] = {"data": str(data), "seed": run.seed, "fraction": None if count else sample, "count": count,
+                      "ids": shard.ids, "num_chunks": num_chunks, "chunk_idx": chunk_idx}
+    return body
+
+
+def _torchrun_merge(run: Run, body: dict, inputs: list, out: Path) -> None:
+    """Every rank writes its part; rank 0 merges them into ``out`` after a barrier."""
+    import torch.distributed as dist
+
+    from meteor_cli.artifacts import make_artifact, read_artifact, write_artifact
+    from meteor_cli.pruning.estimate import merge_bodies
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    part = out.with_name(f".{out.name}.part{rank}")
+    write_artifact(part, make_artifact("meteor.ranks", body, inputs=inputs))
+    dist.barrier()
+    if rank == 0:
+        paths = [out.with_name(f".{out.name}.part{r}") for r in range(world)]
+        merged = merge_bodies([read_artifact(p, "meteor.ranks").body for p in paths])
+        write_artifact(out, make_artifact("meteor.ranks", merged, inputs=inputs))
+        for p in paths:
+            p.unlink()
+        _report(run, merged, out)
+    dist.barrier()
+
+
+def _report(run: Run, body: dict, out: Path) -> None:
+    def human() -> None:
+        typer.echo(f"{body['n_images']} images ({body['n_failed']} unreadable), method {body['method']}, grid {body['grid']}")
+        for name, e in body["encoders"].items():
+            ranks = ", ".join(f"{r:.4f}±{s:.4f}" for r, s in zip(e["rank"], e["std"]))
+            typer.echo(f"  {name:<12} {e['tokens']:>5} tokens  points {e['points']}: {ranks}")
+        if str(out) != "-":
+            typer.echo(f"wrote {out}")
+
+    run.emit({k: v for k, v in body.items() if k != "failed"}, human, stdout_used=str(out) == "-")
