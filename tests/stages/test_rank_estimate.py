@@ -37,7 +37,7 @@ def test_batching_does_not_change_the_result(cli, synth, tmp_path):
     cli("rank-estimate", *ARGS, "--count", "6", "--batch-size", "6", "--out", "b6.json")
     a, b = (A.read_artifact(tmp_path / f, "meteor.ranks")["encoders"] for f in ("b1.json", "b6.json"))
     for name in a:
-        assert a[name]["rank"] == pytest.approx(b[name]["rank"], rel=1e-9, abs=1e-12)
+        assert a[name]["rank"] == pytest.approx(b[name]["rank"], rel=1e-6)  # float32 batched kernels
 
 
 def test_three_shards_merge_to_the_unsharded_run(cli, synth, tmp_path):
