@@ -275,6 +275,8 @@ def list_presets(filter: str = "*") -> list[str]:
 BUILTIN_MODULES: list[str] = [
     "meteor_cli.eval.benchmarks",
     "meteor_cli.pruning.llm_policies",
+    "meteor_cli.pruning.stage1",
+    "meteor_cli.pruning.stage2",
     "meteor_cli.model.encoders",
     "meteor_cli.model.presets",
 ]

@@ -1,0 +1,147 @@
+"""Stage 2: collaborative pruning of the fused, post-projection visual tokens (METHOD A6–A7).
+
+After each encoder's projector the tokens live in one space (the LLM's), so redundancy *across*
+encoders can be measured directly. For token i of encoder j::
+
+    R_i = Σ_{tokens m of every OTHER encoder} cos(z_i, z_m)        (reduce="mean": / their count)
+
+and the ``keep`` tokens with the LOWEST R are kept, jointly over all encoders — so how many
+tokens each encoder contributes varies per image. Output order: grouped by encoder, raster order
+inside (ascending indices of the encoder-grouped input).
+
+Memory: one (rows × N) float32 block per sample at a time; rows = N unless N·N·4 bytes exceeds
+``max_bytes``, then row chunks (EAGLE-X4 unpruned reaches N ≈ 8k: 256 MB per full matrix).
+Chunking does not change a single score bit-for-bit beyond float summation order, and the
+selection is tested to be identical.
+
+Registered Stage-2 policies: ``meteor`` (collaborative), ``separate`` (intra-encoder
+redundancy with per-encoder quotas), ``random`` (seeded per sample).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from meteor_cli.registry import register_policy
+
+
+@dataclass
+class Stage2Result:
+    indices: torch.Tensor  # (B, K) ascending
+    scores: torch.Tensor | None  # (B, N) redundancy (lower = kept), None for random
+    per_encoder: torch.Tensor  # (B, C) tokens kept per encoder
+
+
+def _lowest(scores: torch.Tensor, k: int) -> torch.Tensor:
+    order = torch.sort(scores, dim=1, stable=True).indices[:, :k]  # lowest first, ties to lower index
+    return torch.sort(order, dim=1).values
+
+
+def redundancy(z: torch.Tensor, encoder_ids: torch.Tensor, *, same: bool = False, reduce: str = "sum",
+               max_bytes: int = 256 << 20) -> torch.Tensor:
+    """(B, N, d) → (B, N): summed cosine similarity to the tokens of the other encoders
+    (``same=True``: to the other tokens of the same encoder)."""
+    B, N, _ = z.shape
+    zn = torch.nn.functional.normalize(z.float(), dim=-1)
+    ids = encoder_ids.to(z.device)
+    rows = N if N * N * 4 <= max_bytes else max(1, max_bytes // (4 * N))
+    out = torch.empty(B, N, dtype=torch.float32, device=z.device)
+    for b in range(B):
+        for r0 in range(0, N, rows):
+            sim = zn[b, r0:r0 + rows] @ zn[b].T  # (rows, N): the only N-wide matrix alive
+            mask = ids[r0:r0 + rows, None] == ids[None, :]
+            if same:
+                mask = mask & ~torch.eye(N, dtype=torch.bool, device=z.device)[r0:r0 + rows]
+            else:
+                mask = ~mask
+            s = (sim * mask).sum(-1)
+            if reduce == "mean":
+                s = s / mask.sum(-1).clamp_min(1)
+            out[b, r0:r0 + rows] = s
+    return out
+
+
+def _counts(idx: torch.Tensor, encoder_ids: torch.Tensor, c: int) -> torch.Tensor:
+    kept = encoder_ids.to(idx.device)[idx]  # (B, K)
+    return torch.stack([(kept == i).sum(1) for i in range(c)], dim=1)
+
+
+def collaborative_prune(z: torch.Tensor, encoder_ids: torch.Tensor, keep: int, *, reduce: str = "sum",
+                        max_bytes: int = 256 << 20) -> Stage2Result:
+    """Keep the ``keep`` tokens least redundant with the other encoders (jointly)."""
+    B, N, _ = z.shape
+    c = int(encoder_ids.max()) + 1
+    if keep >= N:
+        idx = torch.arange(N, device=z.device).expand(B, N)
+        return Stage2Result(idx, None, _counts(idx, encoder_ids, c))
+    r = redundancy(z, encoder_ids, reduce=reduce, max_bytes=max_bytes)
+    idx = _lowest(r, keep)
+    return Stage2Result(idx, r, _counts(idx, encoder_ids, c))
+
+
+def quotas(counts: list[int], keep: int) -> list[int]:
+    """Per-encoder quotas ∝ their token counts, summing exactly to ``keep`` (largest remainder)."""
+    total = sum(counts)
+    share = [keep * n / total for n in counts]
+    q = [int(s) for s in share]
+    for i in sorted(range(len(q)), key=lambda i: (-(share[i] - q[i]), i))[: keep - sum(q)]:
+        q[i] += 1
+    return q
+
+
+def separate_prune(z: torch.Tensor, encoder_ids: torch.Tensor, keep: int, *, max_bytes: int = 256 << 20) -> Stage2Result:
+    """Baseline: prune each encoder by intra-encoder redundancy, to quotas ∝ its token count."""
+    B, N, _ = z.shape
+    c = int(encoder_ids.max()) + 1
+    if keep >= N:
+        return collaborative_prune(z, encoder_ids, keep)
+    r = redundancy(z, encoder_ids, same=True, max_bytes=max_bytes)
+    counts = [int((encoder_ids == i).sum()) for i in range(c)]
+    parts = []
+    for i, q in enumerate(quotas(counts, keep)):
+        members = torch.nonzero(encoder_ids == i).flatten().to(z.device)
+        parts.append(members[_lowest(r[:, members], q)])
+    idx = torch.sort(torch.cat(parts, dim=1), dim=1).values
+    return Stage2Result(idx, r, _counts(idx, encoder_ids, c))
+
+
+def random_prune(z: torch.Tensor, encoder_ids: torch.Tensor, keep: int, *, seed: int = 0,
+                 sample_ids: list[int] | None = None) -> Stage2Result:
+    """Baseline: a uniform random subset per sample, reproducible from (seed, sample id)."""
+    B, N, _ = z.shape
+    c = int(encoder_ids.max()) + 1
+    sample_ids = list(range(B)) if sample_ids is None else sample_ids
+    rows = []
+    for b in range(B):
+        g = torch.Generator().manual_seed(seed * 1_000_003 + int(sample_ids[b]))
+        rows.append(torch.sort(torch.randperm(N, generator=g)[: min(keep, N)]).values)
+    idx = torch.stack(rows).to(z.device)
+    return Stage2Result(idx, None, _counts(idx, encoder_ids, c))
+
+
+class Stage2:
+    """The ``stage2`` hook of :class:`~meteor_cli.model.vlm.MultiEncoderVLM`."""
+
+    def __init__(self, keep: int, method: str = "meteor", *, reduce: str = "sum", seed: int = 0,
+                 max_bytes: int = 256 << 20) -> None:
+        self.keep, self.method, self.reduce, self.seed, self.max_bytes = keep, method, reduce, seed, max_bytes
+        self.last: Stage2Result | None = None
+
+    def __call__(self, z: torch.Tensor, encoder_ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor | None:
+        if self.keep >= z.shape[1]:
+            return None
+        if self.method == "meteor":
+            self.last = collaborative_prune(z, encoder_ids, self.keep, reduce=self.reduce, max_bytes=self.max_bytes)
+        elif self.method == "separate":
+            self.last = separate_prune(z, encoder_ids, self.keep, max_bytes=self.max_bytes)
+        else:
+            self.last = random_prune(z, encoder_ids, self.keep, seed=self.seed)
+        return self.last.indices
+
+
+register_policy("meteor", stage=2, description="collaborative: lowest summed similarity to the OTHER encoders' tokens")(
+    collaborative_prune)
+register_policy("separate", stage=2, description="intra-encoder redundancy, per-encoder quotas (baseline)")(separate_prune)
+register_policy("random", stage=2, description="uniform random tokens, seeded per sample (baseline)")(random_prune)
