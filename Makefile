@@ -1,5 +1,5 @@
 # Convenience wrappers around tasks.py (which needs only Python and pip).
-.PHONY: test demo venv completions clean
+.PHONY: test demo venv completions clean pretrain-tiny
 test:
 	python3 tasks.py test
 demo:
@@ -10,3 +10,5 @@ completions:
 	python3 tasks.py completions
 clean:
 	python3 tasks.py clean
+pretrain-tiny:
+	python3 tasks.py pretrain-tiny

@@ -1,7 +1,13 @@
 """``meteor train``: train or fine-tune a multi-encoder VLM with Stage 1–2 pruning in the loop.
 
-    meteor train --model tiny --data synth/train.json --image-root synth --out ckpt/tiny
+    meteor train --model tiny --data synth/train.json --lr 1e-3 --batch-size 32 --out ckpt/tiny
+    meteor train --model ckpt/tiny --data synth/train.json --allocation allocation.json --out ckpt/tiny-meteor
     torchrun --nproc-per-node 2 -m meteor_cli train ...     # DDP (gloo on CPU, nccl/hccl on GPU/NPU)
+
+Loss on answer tokens only; AdamW, cosine schedule with warm-up, clipping, accumulation; fp32 on
+the CPU, bf16 autocast on CUDA/NPU. Checkpoints in OUT/checkpoints (``--save-every``), the final
+model in OUT; ``--resume`` continues exactly; SIGTERM saves and exits with code 75.
+From a preset, a word-level tokenizer is built from the training text and saved with the model.
 """
 
 from __future__ import annotations
@@ -11,7 +17,10 @@ from typing import Annotated
 
 import typer
 
-from meteor_cli.cli.common import Run, meteor_command, not_built
+from meteor_cli.cli.common import Run, meteor_command
+from meteor_cli.errors import UsageError
+
+PARTS = ("encoders", "projectors", "llm")
 
 
 @meteor_command("train", uses_device=True)
@@ -20,7 +29,7 @@ def main(
         "--model", help="Start from: a preset name, a config JSON or a checkpoint directory.")] = None,
     data: Annotated[Path | None, typer.Option("--data", help="LLaVA-format training data (JSON or JSONL).")] = None,
     image_root: Annotated[Path | None, typer.Option(
-        "--image-root", help="Directory the records' `image` paths are relative to [default: the data file's directory].")] = None,
+        "--image-root", help="Directory the records' `image` paths are relative to (default: the data file's directory).")] = None,
     allocation: Annotated[Path | None, typer.Option(
         "--allocation", help="Allocation artifact: train with Stage 1–2 pruning active (METEOR's training phase).")] = None,
     epochs: Annotated[float, typer.Option("--epochs", min=0.0, help="Passes over the data.")] = 1.0,
@@ -32,9 +41,80 @@ def main(
     freeze: Annotated[str, typer.Option(
         "--freeze", help="Comma-separated parts to freeze: encoders, projectors, llm (empty = train all).")] = "",
     save_every: Annotated[int, typer.Option("--save-every", min=0, help="Checkpoint every N steps (0 = only at the end).")] = 0,
+    max_failed: Annotated[float, typer.Option(
+        "--max-failed", min=0.0, max=1.0, help="Fail when more than this fraction of images cannot be read.")] = 0.01,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Use only the first N image records.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint in --out.")] = False,
     out: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint directory.")] = Path("checkpoints/meteor"),
     run: Run = None,  # type: ignore[assignment]
 ) -> None:
     """Train a multi-encoder VLM, with METEOR's Stage 1–2 pruning when --allocation is given."""
-    raise not_built("train", "the training loop", 7)
+    import torch
+
+    from meteor_cli.artifacts import read_artifact
+    from meteor_cli.train.loop import TrainConfig, Trainer, init_distributed
+    from meteor_cli.train.vlm_task import VLMTask, load_vlm_data
+
+    if model is None or data is None:
+        raise UsageError("--model and --data are required", "e.g. --model tiny --data synthvqa/train.json")
+    frozen = [p.strip() for p in freeze.split(",") if p.strip()]
+    bad = [p for p in frozen if p not in PARTS]
+    if bad:
+        raise UsageError(f"--freeze: unknown part(s) {bad}", f"choose from {', '.join(PARTS)}")
+    alloc = read_artifact(allocation, "meteor.allocation", what="--allocation") if allocation else None
+    cfg = TrainConfig(lr=lr, warmup=warmup, epochs=epochs, max_steps=max_steps, batch_size=batch_size,
+                      grad_accum=grad_accum, save_every=save_every, seed=run.seed,
+                      autocast="bf16" if run.device.type != "cpu" else None)
+    run.seed_everything()
+    dist_info = init_distributed(run.device)
+    vlm = _build(model, data, run.seed)
+    if alloc is not None:
+        from meteor_cli.pruning.stage1 import Stage1
+        from meteor_cli.pruning.stage2 import Stage2
+
+        vlm.stage1 = Stage1.from_allocation(alloc.body, vlm.encoders, seed=run.seed)
+        vlm.stage2 = Stage2(int(alloc["stage2"]["keep"]), seed=run.seed)
+    for part in frozen:
+        for p in getattr(vlm, part if part != "llm" else "llm").parameters():
+            p.requires_grad_(False)
+    size = max(e.cfg.image_size for e in vlm.encoders.values())
+    with run.progress(desc="loading images", unit="img") as bar:
+        dataset = load_vlm_data(data, image_root or data.parent, size, max_failed=max_failed, limit=limit,
+                                progress=bar.update)
+    if dataset.n_failed:
+        run.warn(f"{dataset.n_failed} records skipped: unreadable images (first: {dataset.failed[:3]})")
+    torch.manual_seed(run.seed)
+    trainer = Trainer(vlm, dataset, VLMTask(vlm.tokenizer), cfg, out, device=run.device, dist_info=dist_info,
+                      progress=run.progress)
+    run.info(f"training {sum(p.numel() for p in trainer.trainable) / 1e6:.2f}M parameters on {len(dataset)} samples, "
+             f"{trainer.total_steps} steps of {trainer.global_batch}" + (" with Stage 1-2 pruning" if alloc else ""))
+    result = trainer.fit(resume=resume)
+    summary = {"out": str(out), "steps": result.steps, "samples": result.samples, "final_loss": result.final_loss,
+               "seconds": round(result.seconds, 1), "resumed_from": result.resumed_from, "n_skipped": dataset.n_failed}
+    run.emit(summary, lambda: typer.echo(f"trained {result.steps} steps in {result.seconds:.0f}s, final loss "
+                                         f"{result.final_loss:.4f}; model in {out}"))
+
+
+def _build(spec: str, data: Path, seed: int):
+    """A preset gets a tokenizer built from the training text; checkpoints bring their own."""
+    import torch
+
+    from meteor_cli.model.checkpoint import load_model, load_model_config
+
+    if Path(spec).is_dir():
+        return load_model(spec)
+    cfg = load_model_config(spec)
+    if cfg.llm.path:
+        return load_model(spec, seed=seed)
+    from meteor_cli.data.llava import iter_json_records
+    from meteor_cli.data.tokenizer import build_word_tokenizer, texts_of
+    from meteor_cli.model.llm import TEMPLATES
+    from meteor_cli.model.vlm import MultiEncoderVLM
+
+    letters = " ".join("abcdefghijklmnopqrstuvwxyz0123456789")
+    tok = build_word_tokenizer(texts_of(iter_json_records(data)),
+                               extra_texts=[t for pair in TEMPLATES.values() for t in pair] + [letters])
+    cfg.llm.hf_config = {**(cfg.llm.hf_config or {}), "vocab_size": len(tok), "pad_token_id": tok.pad_token_id,
+                         "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id}
+    torch.manual_seed(seed)
+    return MultiEncoderVLM(cfg, tok)

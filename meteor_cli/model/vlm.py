@@ -117,6 +117,10 @@ class MultiEncoderVLM(nn.Module):
                                            reduction="sum")
         return loss, int((target != -100).sum())
 
+    def forward(self, images: torch.Tensor, prompts: list[str], answers: list[str]) -> tuple[torch.Tensor, int]:
+        """Training forward (what DDP wraps): ``(sum of answer-token losses, number of answer tokens)``."""
+        return self.loss_sum(images, prompts, answers)
+
     @torch.no_grad()
     def generate(self, images: torch.Tensor, prompts: list[str], *, max_new_tokens: int = 16,
                  temperature: float = 0.0, stage3: Any = None) -> list[str]:

@@ -1,0 +1,115 @@
+"""Training a multi-encoder VLM on LLaVA-format data with the generic loop.
+
+Images are decoded once and kept in memory as uint8 at the largest encoder resolution (cheap
+for SynthVQA-sized sets, and it keeps the CPU busy with the model rather than with PNG
+decoding). Records with a missing or unreadable image are skipped and counted; records
+without a ``gpt`` turn are rejected, naming their id.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from meteor_cli.data.llava import iter_json_records, load_image, record_id, resolve_image
+from meteor_cli.errors import InvalidInputError
+from meteor_cli.pruning.estimate import image_tensor
+
+
+@dataclass
+class VLMData:
+    images: torch.Tensor  # (N, 3, S, S) uint8
+    prompts: list[str]
+    answers: list[str]
+    ids: list[str]
+    n_failed: int = 0
+    failed: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, str, str]:
+        return self.images[i], self.prompts[i], self.answers[i]
+
+
+def first_exchange(rec: dict[str, Any], index: int) -> tuple[str, str]:
+    """The first human question and the gpt answer that follows it."""
+    turns = rec.get("conversations") or []
+    human = next((t["value"] for t in turns if t.get("from") == "human"), None)
+    gpt = next((t["value"] for t in turns if t.get("from") == "gpt"), None)
+    if human is None or gpt is None:
+        raise InvalidInputError(f"record {record_id(rec, index)} has no {'human' if human is None else 'gpt'} turn",
+                                "every training record needs a human question and a gpt answer")
+    return human, gpt
+
+
+def load_vlm_data(data: Path, image_root: Path, size: int, *, max_failed: float = 0.01, limit: int | None = None,
+                  progress: Any = None) -> VLMData:
+    imgs, prompts, answers, ids, failed = [], [], [], [], []
+    n_seen = 0
+    for i, rec in enumerate(iter_json_records(data)):
+        if limit is not None and n_seen >= limit:
+            break
+        if not rec.get("image"):
+            continue
+        n_seen += 1
+        human, gpt = first_exchange(rec, i)
+        try:
+            im = load_image(resolve_image(rec, image_root))
+        except OSError as exc:
+            failed.append(record_id(rec, i))
+            warnings.warn(f"skipping record {record_id(rec, i)}: {exc}", stacklevel=2)
+            continue
+        imgs.append((image_tensor(im, size) * 255).round().to(torch.uint8))
+        prompts.append(human if "<image>" in human else "<image>\n" + human)
+        answers.append(gpt)
+        ids.append(record_id(rec, i))
+        if progress is not None:
+            progress(1)
+    if not imgs:
+        raise InvalidInputError(f"{data}: no usable image records", "check --data and --image-root")
+    if len(failed) > max_failed * n_seen:
+        raise InvalidInputError(f"{len(failed)} of {n_seen} images could not be read; first: {failed[:3]}",
+                                "check --image-root, or raise --max-failed")
+    return VLMData(torch.stack(imgs), prompts, answers, ids, len(failed), failed)
+
+
+class VLMTask:
+    """The :class:`~meteor_cli.train.loop.TrainTask` of a MultiEncoderVLM."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+
+    def collate(self, samples: list[tuple[torch.Tensor, str, str]]) -> dict[str, Any]:
+        imgs = torch.stack([s[0] for s in samples])
+        answers = [s[2] for s in samples]
+        n = sum(len(self.tokenizer(a, add_special_tokens=False)["input_ids"]) + 1 for a in answers)  # + EOS
+        return {"images": imgs, "prompts": [s[1] for s in samples], "answers": answers, "n": n}
+
+    def to_device(self, batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+        return {**batch, "images": batch["images"].to(device).float() / 255.0}
+
+    def count(self, batch: dict[str, Any]) -> int:
+        return batch["n"]
+
+    def loss(self, model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+        return model(batch["images"], batch["prompts"], batch["answers"])[0]
+
+    def save(self, model: torch.nn.Module, directory: Path) -> None:
+        from meteor_cli.model.checkpoint import save_checkpoint
+
+        save_checkpoint(model, directory / "_ckpt")
+        for f in (directory / "_ckpt").iterdir():
+            f.rename(directory / f.name)
+        (directory / "_ckpt").rmdir()
+
+    def load(self, model: torch.nn.Module, directory: Path) -> None:
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(str(directory / "model.safetensors")), strict=False)
+        if getattr(model.llm.config, "tie_word_embeddings", False):
+            model.llm.tie_weights()
