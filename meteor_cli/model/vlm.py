@@ -123,18 +123,22 @@ class MultiEncoderVLM(nn.Module):
 
     @torch.no_grad()
     def generate(self, images: torch.Tensor, prompts: list[str], *, max_new_tokens: int = 16,
-                 temperature: float = 0.0, stage3: Any = None) -> list[str]:
-        """Answers as text. ``stage3``: an installed LLMPruner (pruning at prefill, static decode)."""
+                 temperature: float = 0.0, stage3: Any = None, details: bool = False) -> Any:
+        """Answers as text. ``stage3``: an installed LLMPruner (pruning at prefill, static decode).
+
+        With ``details=True`` returns ``(texts, inputs, visual_tokens, stage3_session_or_None)``.
+        """
         import contextlib
 
-        inputs, _ = self.prepare(images, prompts)
+        inputs, vis = self.prepare(images, prompts)
         ctx = stage3.session(inputs.visual_start, inputs.visual_len, attention_mask=inputs.attention_mask) \
             if stage3 is not None else contextlib.nullcontext()
         kw: dict[str, Any] = {"do_sample": temperature > 0}
         if temperature > 0:
             kw["temperature"] = temperature
-        with ctx:
+        with ctx as sess:
             out = self.llm.generate(inputs_embeds=inputs.embeds, attention_mask=inputs.attention_mask,
                                     max_new_tokens=max_new_tokens, pad_token_id=self.tokenizer.pad_token_id,
                                     eos_token_id=self.tokenizer.eos_token_id, **kw)
-        return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+        texts = [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+        return (texts, inputs, vis, sess) if details else texts

@@ -1,0 +1,70 @@
+"""Run a model over a benchmark's questions with any combination of the three pruning stages.
+
+Records per sample what users of pruning tools keep asking for: the output, whether it is
+correct, the tokens kept at every stage (Stage 1 totals, Stage 2 per encoder, Stage 3 per LLM
+layer and layer-averaged) and the time the batch took.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from meteor_cli.data.llava import load_image
+from meteor_cli.pruning.estimate import image_tensor
+
+
+def install_pruning(vlm: Any, allocation: dict[str, Any] | None, prune_llm: dict[str, Any] | None, seed: int = 0) -> Any:
+    """Hook Stages 1-2 from an allocation body into ``vlm``; return an LLMPruner (Stage 3) or None."""
+    from meteor_cli.pruning.stage1 import Stage1
+    from meteor_cli.pruning.stage2 import Stage2
+
+    vlm.stage1 = vlm.stage2 = None
+    if allocation is not None:
+        vlm.stage1 = Stage1.from_allocation(allocation, vlm.encoders, criterion=allocation["stage1"].get("criterion", "meteor"),
+                                            seed=seed)
+        vlm.stage2 = Stage2(int(allocation["stage2"]["keep"]), allocation["stage2"].get("method", "meteor"), seed=seed)
+    if prune_llm is None:
+        return None
+    from meteor_cli.pruning.llm_policies import make_policy
+    from meteor_cli.pruning.llm_pruner import LLMPruner
+
+    settings = {k: v for k, v in prune_llm.items() if k not in ("method", "model", "calibration")}
+    return LLMPruner(vlm.llm, make_policy(prune_llm["method"], **settings))
+
+
+@torch.no_grad()
+def run_questions(vlm: Any, questions: Sequence[dict[str, Any]], image_root: Path, *, stage3: Any = None,
+                  batch_size: int = 1, max_new_tokens: int = 16, progress: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
+    from meteor_cli.pruning.schedule import layer_averaged_tokens
+
+    size = max(e.cfg.image_size for e in vlm.encoders.values())
+    n_layers = vlm.llm.config.num_hidden_layers
+    rows: list[dict[str, Any]] = []
+    for i in range(0, len(questions), batch_size):
+        batch = questions[i:i + batch_size]
+        imgs = torch.stack([image_tensor(load_image(image_root / q["image"]), size) for q in batch])
+        prompts = [q["text"] if "<image>" in q["text"] else "<image>\n" + q["text"] for q in batch]
+        t0 = time.perf_counter()
+        texts, inputs, vis, sess = vlm.generate(imgs, prompts, max_new_tokens=max_new_tokens, stage3=stage3, details=True)
+        dt = (time.perf_counter() - t0) / len(batch)
+        for b, q in enumerate(batch):
+            n_vis = inputs.visual_len[b]
+            row = {"question_id": q["question_id"], "prompt": q["text"], "text": texts[b], "category": q.get("category"),
+                   "visual_tokens": n_vis, "per_encoder": {k: v[b] for k, v in vis.per_encoder.items()},
+                   "seconds": round(dt, 4)}
+            if sess is not None and sess.kept:
+                layers = sorted(sess.kept)
+                kept = [len(sess.kept[p][b]) for p in layers]
+                row["stage3"] = {"layers": layers, "kept": kept,
+                                 "layer_averaged": layer_averaged_tokens(n_vis, layers, kept, n_layers)}
+            else:
+                row["stage3"] = {"layers": [], "kept": [], "layer_averaged": float(n_vis)}
+            rows.append(row)
+        if progress is not None:
+            progress(len(batch))
+    return rows

@@ -1,0 +1,40 @@
+"""`meteor eval`: all three stages from artifacts, metrics.json + samples.jsonl with token counts."""
+
+from __future__ import annotations
+
+import json
+
+from meteor_cli import artifacts as A
+from meteor_cli.data.synthvqa import generate
+from meteor_cli.errors import ExitCode
+from meteor_cli.model.checkpoint import load_model, save_checkpoint
+
+
+def test_eval_with_all_stages(cli, tmp_path):
+    generate(tmp_path / "sv", n_train=0, n_eval=4, seed=0)
+    save_checkpoint(load_model("tiny"), tmp_path / "ck")
+    alloc = {"strategy": "rank", "stage1": {"totals": [60, 40, 30], "encoders": {
+        "vit": {"points": [0, 1, 2], "keep": [12, 10, 8]}, "clip": {"points": [0, 1, 2], "keep": [36, 24, 16]},
+        "convnext": {"points": [3, 3, 3], "keep": [12, 6, 6]}}}, "stage2": {"keep": 20}}
+    A.write_artifact(tmp_path / "allocation.json", A.make_artifact("meteor.allocation", alloc))
+    assert cli("prune-llm", "--model", "ck", "--method", "fixed", "--layers", "1,3", "--keep", "12,5",
+               "--device", "cpu", "-q").exit_code == 0
+    res = cli("eval", "--model", "ck", "--data", "sv", "--allocation", "allocation.json", "--prune-llm",
+              "prune-llm.json", "--batch-size", "2", "--device", "cpu", "-q", "--json", "--max-new-tokens", "3")
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert data["schema"] == "meteor.metrics/v1" and data["n"] == 4
+    assert set(data["metrics"]["families"]) == {"general", "hallucination", "ocr", "chart"}
+    assert data["tokens"]["stage2_visual"] == 20
+    # fixed schedule: 20 tokens enter layers 0, 12 layers 1-2, 5 layer 3 → (20 + 2·12 + 5) / 4
+    assert data["tokens"]["stage3_layer_averaged"] == (20 + 24 + 5) / 4
+    rows = [json.loads(x) for x in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and all(sum(r["per_encoder"].values()) == 20 for r in rows)
+    assert all(r["stage3"]["kept"] == [12, 5] and isinstance(r["correct"], bool) for r in rows)
+    assert data["settings"]["prune_llm"]["method"] == "fixed"
+
+
+def test_eval_needs_inputs(cli):
+    assert cli("eval", "--device", "cpu").exit_code == ExitCode.USAGE
+    res = cli("eval", "--model", "tiny", "--data", "nowhere", "--device", "cpu")
+    assert res.exit_code == ExitCode.NOT_FOUND
