@@ -13,7 +13,7 @@ from meteor_cli.cli.app import COMMANDS, app
 from meteor_cli.errors import ExitCode
 
 STAGES = ["rank-estimate", "allocate", "train", "prune-llm", "eval", "flops", "infer"]
-UNBUILT = ["flops", "infer"]
+UNBUILT = ["infer"]
 COMMON = ["--device", "--seed", "--json", "--verbose", "--quiet", "--config", "--show-config"]
 
 
