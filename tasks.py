@@ -78,10 +78,16 @@ def demo(args: list[str]) -> None:
        "--grid", "8", "--out", out / "ranks.json")
     sh(meteor, "allocate", "--ranks", out / "ranks.json", "--keep-ratio", "0.5", "--fusion-keep", "32",
        "--out", out / "allocation.json")
-    sh(meteor, "flops", "--model", "tiny", "--allocation", out / "allocation.json")
-    for stage in ("infer",):
-        code = subprocess.run([str(meteor), stage, "--device", "cpu"], cwd=out).returncode
-        print(f"meteor {stage}: exit code {code}" + (" (not built yet)" if code == 2 else ""), flush=True)
+    sh(meteor, "train", "--model", "tiny", "--data", out / "synthvqa" / "train.json", "--lr", "1e-3", "--batch-size", "16",
+       "--max-steps", "30", "--allocation", out / "allocation.json", "--out", out / "ckpt")
+    sh(meteor, "prune-llm", "--model", out / "ckpt", "--method", "fixed", "--layers", "1,3", "--keep", "0.5,0.25",
+       "--out", out / "prune-llm.json")
+    sh(meteor, "eval", "--model", out / "ckpt", "--data", out / "synthvqa", "--allocation", out / "allocation.json",
+       "--prune-llm", out / "prune-llm.json", "--limit", "20", "--out", out / "metrics.json")
+    sh(meteor, "flops", "--model", out / "ckpt", "--allocation", out / "allocation.json", "--prune-llm",
+       out / "prune-llm.json", "--out", out / "flops.json")
+    sh(meteor, "infer", "--model", out / "ckpt", "--questions", out / "synthvqa" / "eval" / "questions.jsonl",
+       "--image-root", out / "synthvqa", "--max-new-tokens", "4", "--out", out / "answers.jsonl")
 
 
 def completions(args: list[str]) -> None:

@@ -13,7 +13,6 @@ from meteor_cli.cli.app import COMMANDS, app
 from meteor_cli.errors import ExitCode
 
 STAGES = ["rank-estimate", "allocate", "train", "prune-llm", "eval", "flops", "infer"]
-UNBUILT = ["infer"]
 COMMON = ["--device", "--seed", "--json", "--verbose", "--quiet", "--config", "--show-config"]
 
 
@@ -51,15 +50,6 @@ def test_version(cli):
 
     res = cli("--version")
     assert res.exit_code == 0 and res.stdout.strip() == f"meteor {__version__}"
-
-
-@pytest.mark.parametrize("stage", UNBUILT)
-def test_unbuilt_stages_exit_2_and_say_so(cli, stage):
-    res = cli(stage, "--device", "cpu")
-    assert res.exit_code == ExitCode.USAGE == 2
-    assert f"`meteor {stage}` is not built yet" in res.stderr
-    assert res.stdout == ""
-    assert "Traceback" not in res.output
 
 
 def test_unknown_device_is_a_usage_error_without_traceback(cli):

@@ -37,9 +37,19 @@ def install_pruning(vlm: Any, allocation: dict[str, Any] | None, prune_llm: dict
     return LLMPruner(vlm.llm, make_policy(prune_llm["method"], **settings))
 
 
+def _open(image_root: Path, q: dict[str, Any]) -> Any:
+    try:
+        return load_image(image_root / q["image"])
+    except OSError as exc:
+        from meteor_cli.errors import InputNotFoundError
+
+        raise InputNotFoundError(f"question {q.get('question_id')}: cannot read image {image_root / q['image']} ({exc})",
+                                 "check --image-root (image paths are relative to it)") from None
+
+
 @torch.no_grad()
 def run_questions(vlm: Any, questions: Sequence[dict[str, Any]], image_root: Path, *, stage3: Any = None,
-                  batch_size: int = 1, max_new_tokens: int = 16, progress: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
+                  batch_size: int = 1, max_new_tokens: int = 16, temperature: float = 0.0, progress: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
     from meteor_cli.pruning.schedule import layer_averaged_tokens
 
     size = max(e.cfg.image_size for e in vlm.encoders.values())
@@ -47,10 +57,11 @@ def run_questions(vlm: Any, questions: Sequence[dict[str, Any]], image_root: Pat
     rows: list[dict[str, Any]] = []
     for i in range(0, len(questions), batch_size):
         batch = questions[i:i + batch_size]
-        imgs = torch.stack([image_tensor(load_image(image_root / q["image"]), size) for q in batch])
+        imgs = torch.stack([image_tensor(_open(image_root, q), size) for q in batch])
         prompts = [q["text"] if "<image>" in q["text"] else "<image>\n" + q["text"] for q in batch]
         t0 = time.perf_counter()
-        texts, inputs, vis, sess = vlm.generate(imgs, prompts, max_new_tokens=max_new_tokens, stage3=stage3, details=True)
+        texts, inputs, vis, sess = vlm.generate(imgs, prompts, max_new_tokens=max_new_tokens, temperature=temperature,
+                                                stage3=stage3, details=True)
         dt = (time.perf_counter() - t0) / len(batch)
         for b, q in enumerate(batch):
             n_vis = inputs.visual_len[b]

@@ -38,3 +38,20 @@ def test_eval_needs_inputs(cli):
     assert cli("eval", "--device", "cpu").exit_code == ExitCode.USAGE
     res = cli("eval", "--model", "tiny", "--data", "nowhere", "--device", "cpu")
     assert res.exit_code == ExitCode.NOT_FOUND
+
+
+def test_infer_single_image_and_question_file(cli, tmp_path):
+    generate(tmp_path / "sv", n_train=0, n_eval=2, seed=0)
+    res = cli("infer", "--model", "tiny", "--image", "sv/images/eval/000000.png", "--prompt", "what shape ?",
+              "--max-new-tokens", "2", "--device", "cpu", "-q")
+    assert res.exit_code == 0, res.output
+    row = json.loads(res.stdout)
+    assert row["question_id"] == 0 and row["metadata"]["visual_tokens"] == 96
+    res = cli("infer", "--model", "tiny", "--questions", "sv/eval/questions.jsonl", "--max-new-tokens", "2",
+              "--image-root", "sv", "--out", "answers.jsonl", "--device", "cpu", "-q")
+    assert res.exit_code == 0, res.output
+    lines = (tmp_path / "answers.jsonl").read_text().splitlines()
+    assert [json.loads(x)["question_id"] for x in lines] == ["eval-000000", "eval-000001"]
+    assert cli("infer", "--model", "tiny", "--device", "cpu").exit_code == ExitCode.USAGE
+    res = cli("infer", "--model", "tiny", "--questions", "sv/eval/questions.jsonl", "--device", "cpu")  # wrong root
+    assert res.exit_code == ExitCode.NOT_FOUND and "eval-000000" in res.stderr
