@@ -99,7 +99,6 @@ def main(
 ) -> None:
     """Choose (and optionally calibrate) Stage-3 pruning inside the LLM."""
     from meteor_cli.artifacts import make_artifact, write_artifact
-    from meteor_cli.cli.common import not_built
     from meteor_cli.pruning.llm_policies import make_policy
 
     if model is None:
@@ -129,15 +128,82 @@ def main(
             raise UsageError("--calibrate fits the scale of the meteor policy only", "drop --calibrate or use --method meteor")
         if data is None or target_tokens is None:
             raise UsageError("--calibrate needs --data and --target-tokens", "e.g. --data dev.json --target-tokens 242")
-        raise not_built("prune-llm --calibrate", "calibration on images needs the model core", 6)
-    body = {"method": method, **policy.to_dict(), "model": {"spec": model, **dims}, "calibration": None}
+        calibration = _calibrate(run, model, policy, data, image_root or data.parent, target_tokens, count)
+    else:
+        calibration = None
+    body = {"method": method, **policy.to_dict(), "model": {"spec": model, **dims}, "calibration": calibration}
     art = make_artifact("meteor.prune-llm", body, inputs=[model] if Path(model).exists() else [])
     write_artifact(out, art)
 
     def human() -> None:
         desc = ", ".join(f"{k}={v}" for k, v in policy.to_dict().items())
         typer.echo(f"Stage 3: {method} ({desc}) on a {dims['num_layers']}-layer, {dims['num_heads']}-head LLM")
+        if calibration:
+            typer.echo(f"calibrated scale c = {calibration['scale']:.4g}: layer-averaged {calibration['achieved']:.1f} "
+                       f"visual tokens (target {calibration['target']}, spread ±{calibration['std']:.1f} over "
+                       f"{calibration['n']} samples); per-layer means {[round(x, 1) for x in calibration['per_layer_mean']]}")
         if str(out) != "-":
             typer.echo(f"wrote {out}")
 
     run.emit(art.to_dict(), human, stdout_used=str(out) == "-")
+
+
+def _calibrate(run: Run, model: str, policy: Any, data: Path, image_root: Path, target: float, count: int) -> dict:
+    """Fit the meteor policy's scale c so the mean layer-averaged visual tokens hit ``target``."""
+    import statistics
+
+    import torch
+
+    from meteor_cli.data.llava import iter_selected, load_image, resolve_image, sample_records
+    from meteor_cli.model.checkpoint import load_model
+    from meteor_cli.pruning.estimate import image_tensor
+    from meteor_cli.pruning.llm_pruner import LLMPruner
+    from meteor_cli.pruning.schedule import calibrate_scale, layer_averaged_tokens
+    from meteor_cli.train.vlm_task import first_exchange
+
+    vlm = load_model(model, run.device.torch, seed=run.seed)
+    size = max(e.cfg.image_size for e in vlm.encoders.values())
+    chosen = sample_records(data, count=count, seed=run.seed)
+    imgs, prompts = [], []
+    for i, rec in iter_selected(data, chosen.indices):
+        try:
+            imgs.append(image_tensor(load_image(resolve_image(rec, image_root)), size))
+        except OSError:
+            continue
+        human, _ = first_exchange(rec, i)
+        prompts.append(human if "<image>" in human else "<image>\n" + human)
+    if not imgs:
+        raise InvalidInputError(f"{data}: no readable calibration images", "check --data and --image-root")
+    with torch.no_grad():
+        batches = [vlm.prepare(torch.stack(imgs[i:i + 8]).to(run.device.torch), prompts[i:i + 8])[0]
+                   for i in range(0, len(imgs), 8)]
+    pruner = LLMPruner(vlm.llm, policy)
+    n_layers = vlm.llm.config.num_hidden_layers
+    last: dict = {}
+
+    def measure(scale: float) -> float:
+        policy.scale = scale
+        avgs, per_layer = [], []
+        for inp in batches:
+            with torch.no_grad(), pruner.session(inp.visual_start, inp.visual_len, attention_mask=inp.attention_mask) as sess:
+                vlm.llm(inputs_embeds=inp.embeds, attention_mask=inp.attention_mask)
+            for b in range(inp.embeds.shape[0]):
+                kept = [len(sess.kept[p][b]) for p in policy.layers]
+                per_layer.append(kept)
+                avgs.append(layer_averaged_tokens(inp.visual_len[b], policy.layers, kept, n_layers))
+        last[scale] = (avgs, per_layer)
+        return sum(avgs) / len(avgs)
+
+    with run.progress(desc="calibrating", unit="eval") as bar:
+        def tracked(scale: float) -> float:
+            bar.update(1)
+            return measure(scale)
+
+        cal = calibrate_scale(tracked, target, tol=0.02)
+    policy.scale = cal.scale
+    avgs, per_layer = last[cal.scale]
+    if cal.relative_error > 0.02:
+        run.warn(f"calibration reached {cal.achieved:.1f} tokens, not the target {target} (limits of the scale range)")
+    return {"scale": cal.scale, "target": target, "achieved": cal.achieved, "std": statistics.pstdev(avgs),
+            "n": len(avgs), "per_layer_mean": [sum(col) / len(col) for col in zip(*per_layer)],
+            "data": str(data), "iterations": cal.iterations}

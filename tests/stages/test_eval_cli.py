@@ -55,3 +55,14 @@ def test_infer_single_image_and_question_file(cli, tmp_path):
     assert cli("infer", "--model", "tiny", "--device", "cpu").exit_code == ExitCode.USAGE
     res = cli("infer", "--model", "tiny", "--questions", "sv/eval/questions.jsonl", "--device", "cpu")  # wrong root
     assert res.exit_code == ExitCode.NOT_FOUND and "eval-000000" in res.stderr
+
+
+def test_prune_llm_calibration_hits_its_target(cli, tmp_path):
+    generate(tmp_path / "sv", n_train=8, n_eval=0, seed=0)
+    res = cli("prune-llm", "--model", "tiny", "--calibrate", "--data", "sv/train.json", "--target-tokens", "40",
+              "--count", "8", "--heads", "4", "--device", "cpu", "-q", "--json")
+    assert res.exit_code == 0, res.output
+    cal = json.loads(res.stdout)["calibration"]
+    assert abs(cal["achieved"] - 40) / 40 <= 0.02 and cal["n"] == 8 and len(cal["per_layer_mean"]) == 2
+    res = cli("flops", "--model", "tiny", "--prune-llm", "prune-llm.json", "--json")
+    assert res.exit_code == 0 and abs(json.loads(res.stdout)["visual_tokens"]["layer_averaged"] - cal["achieved"]) < 2
