@@ -145,3 +145,13 @@ register_policy("meteor", stage=2, description="collaborative: lowest summed sim
     collaborative_prune)
 register_policy("separate", stage=2, description="intra-encoder redundancy, per-encoder quotas (baseline)")(separate_prune)
 register_policy("random", stage=2, description="uniform random tokens, seeded per sample (baseline)")(random_prune)
+
+
+@register_policy("pre-projection", stage=2,
+                 description="EAGLE's channel-concatenation fusion (baseline); set fusion = \"pre-projection\" in the model config")
+def pre_projection_fusion() -> str:
+    """Pre-projection fusion is a model architecture, not a token selection: every encoder's final
+    map is resampled to the common grid, channels are concatenated and one projector maps them
+    (``MultiEncoderVLM.encode_images`` with ``ModelConfig.fusion == "pre-projection"``). It is
+    listed here so that every Stage-2 alternative of the supplement's Table 2 is discoverable."""
+    return "pre-projection"

@@ -162,3 +162,39 @@ def test_prompt_without_visual_tokens_prunes_nothing_and_warns(llama):
     with pytest.warns(UserWarning, match="no visual tokens"):
         out, _ = forward(llama, embeds, mask, pruner, starts, [0])
     assert torch.equal(out, ref)
+
+
+@pytest.mark.parametrize("family", ["qwen2", "mistral"])
+def test_other_families_generate_consistently(family):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    cfg = AutoConfig.for_model(family, vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                               num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=256)
+    model = AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa").eval()
+    embeds, mask, starts, lens = make_inputs(model, [(5, 7), (3, 4)])
+    pruner = LLMPruner(model, MeteorPolicy(layers=[1, 2], heads=2, lam=5.0))
+    with torch.no_grad(), pruner.session(starts, lens, attention_mask=mask) as sess:
+        gen = model.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=4, do_sample=False,
+                             output_scores=True, return_dict_in_generate=True, pad_token_id=0)
+    assert all(len(k) < 24 for k in sess.kept[1])
+    tokens = gen.sequences
+    full = torch.cat([embeds, model.get_input_embeddings()(tokens).detach()], dim=1)
+    full_mask = torch.cat([mask, torch.ones_like(tokens)], dim=1)
+    with torch.no_grad(), pruner.session(starts, lens, attention_mask=full_mask, prompt_len=[embeds.shape[1]] * 2,
+                                         replay=sess.kept):
+        logits = model(inputs_embeds=full, attention_mask=full_mask, use_cache=False).logits
+    assert torch.allclose(logits[:, -5:-1], torch.stack(gen.scores, dim=1), atol=1e-4)
+
+
+def test_unsupported_family_is_named():
+    from torch import nn
+
+    class Odd(nn.Module):
+        config = type("C", (), {"model_type": "gpt2", "num_attention_heads": 4})()
+
+        def get_decoder(self):
+            return nn.Module()
+
+    with pytest.raises(UsageError, match="no adapter for model family 'gpt2'"):
+        LLMPruner(Odd(), MeteorPolicy(layers=[1]))
