@@ -129,3 +129,9 @@ def test_cli_errors_write_nothing(cli, tmp_path, args, code, message):
     assert res.exit_code == code, res.output
     assert message in res.stderr
     assert not (tmp_path / "allocation.json").exists()
+
+
+def test_model_check_names_the_encoders(cli, tmp_path):
+    _write_ranks(tmp_path / "ranks.json")
+    res = cli("allocate", "--ranks", "ranks.json", "--total", "100", "--model", "tiny")
+    assert res.exit_code == ExitCode.INVALID_INPUT and "model 'tiny' has ['clip', 'convnext', 'vit']" in res.stderr
