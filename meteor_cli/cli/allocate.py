@@ -117,10 +117,8 @@ def _check_model(spec: str, encoders: dict) -> None:
     """The ranks must name exactly the model's encoders."""
     from meteor_cli.errors import InvalidInputError
 
-    try:
-        from meteor_cli.model.checkpoint import load_model_config  # type: ignore[attr-defined]
-    except ImportError as exc:  # pragma: no cover - until the model core lands
-        raise UsageError("--model checking needs the model core, which is not built yet") from exc
+    from meteor_cli.model.checkpoint import load_model_config
+
     names = [e.name for e in load_model_config(spec).encoders]
     if sorted(names) != sorted(encoders):
         raise InvalidInputError(f"--ranks covers encoders {sorted(encoders)} but model {spec!r} has {sorted(names)}",

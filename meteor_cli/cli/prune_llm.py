@@ -19,7 +19,7 @@ from typing import Annotated, Any
 import typer
 
 from meteor_cli.cli.common import Run, meteor_command
-from meteor_cli.errors import InputNotFoundError, InvalidInputError, UsageError
+from meteor_cli.errors import InvalidInputError, UsageError
 
 
 class Query(str, Enum):
@@ -54,16 +54,9 @@ def llm_dims(spec: str) -> dict[str, Any]:
         if "num_hidden_layers" in cfg:  # a plain Hugging Face LLM directory
             return {"num_layers": cfg["num_hidden_layers"], "num_heads": cfg["num_attention_heads"],
                     "family": cfg.get("model_type")}
-    try:
-        from meteor_cli.model.checkpoint import load_model_config  # type: ignore[attr-defined]
-    except ImportError:
-        if path.exists():
-            raise InvalidInputError(f"--model {spec}: no LLM config found (config.json without num_hidden_layers)",
-                                    "pass a Hugging Face causal-LM directory") from None
-        raise InputNotFoundError(f"--model {spec!r} is neither a directory nor a config file",
-                                 "pass a checkpoint directory or a Hugging Face LLM directory") from None
-    model_cfg = load_model_config(spec)
-    hf = model_cfg.llm_hf_config() if hasattr(model_cfg, "llm_hf_config") else model_cfg.llm.hf_config
+    from meteor_cli.model.checkpoint import load_model_config
+
+    hf = load_model_config(spec).llm.resolved_hf_config()
     return {"num_layers": hf["num_hidden_layers"], "num_heads": hf["num_attention_heads"], "family": hf.get("model_type")}
 
 
