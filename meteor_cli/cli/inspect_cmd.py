@@ -44,6 +44,10 @@ def _describe_dir(path: Path) -> dict[str, Any]:
             from meteor_cli.errors import InvalidInputError
 
             raise InvalidInputError(f"{cfg} is not valid JSON: {exc.msg}", "the checkpoint is damaged") from None
+        if isinstance(out["config"], dict) and out["config"].get("format", "").startswith("meteor.checkpoint"):
+            from meteor_cli.model.checkpoint import read_config
+
+            read_config(path).validate()  # a bad field is reported with its name (exit code 4)
     out["safetensors"] = [_describe_safetensors(path / f) for f in files if f.endswith(".safetensors")]
     for st in out["safetensors"]:
         st.pop("tensors")  # a checkpoint lists hundreds; `meteor inspect DIR/model.safetensors` shows them
