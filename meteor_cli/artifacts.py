@@ -239,6 +239,28 @@ def atomic_path(path: str | os.PathLike[str], suffix: str = ".tmp") -> Iterator[
         raise
 
 
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield an empty temporary directory next to ``path``; on success it replaces ``path``.
+
+    On any exception the temporary directory is removed and ``path`` is left untouched (an
+    existing ``path`` is replaced only after everything was written).
+    """
+    import shutil
+
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        yield tmp
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def atomic_write(path: str | os.PathLike[str], data: bytes | str) -> None:
     """Write ``data`` to ``path`` atomically; ``-`` writes to stdout."""
     raw = data.encode() if isinstance(data, str) else data
@@ -541,7 +563,7 @@ def sniff(path: str | os.PathLike[str]) -> str:
 
 
 __all__ = [
-    "Artifact", "Schema", "SCHEMAS", "STDIO", "MeteorError", "atomic_path", "atomic_write", "input_ref",
+    "Artifact", "Schema", "SCHEMAS", "STDIO", "MeteorError", "atomic_dir", "atomic_path", "atomic_write", "input_ref",
     "load_tensors", "make_artifact", "producer_info", "provenance_metadata", "read_artifact",
     "read_tensors_metadata", "register_schema", "save_tensors", "sha256_file", "sniff", "tensors_provenance",
     "validate_artifact", "write_artifact",

@@ -48,8 +48,6 @@ import itertools
 import json
 import os
 import random
-import shutil
-import tempfile
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -366,9 +364,9 @@ def generate(
     target = Path(out)
     if target.exists() and any(target.iterdir()) and not overwrite:
         raise UsageError(f"{target} already exists and is not empty", "pass --overwrite or choose another --out")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    from meteor_cli.artifacts import atomic_dir
+
+    with atomic_dir(target) as tmp:
         counts: dict[str, Counter[str]] = {}
         train, questions, answers = [], [], []
         for split, n in (("train", n_train), ("eval", n_eval)):
@@ -401,13 +399,7 @@ def generate(
             "counts": {s: dict(sorted(c.items())) for s, c in counts.items()},
         }
         (tmp / "synthvqa.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-        return manifest
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    return manifest
 
 
 __all__ = ["FAMILIES", "POPE_CATEGORIES", "SynthConfig", "Item", "generate", "make_item", "object_statistics", "spell"]

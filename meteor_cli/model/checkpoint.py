@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,30 +22,27 @@ FORMAT = "meteor.checkpoint/v1"
 
 
 def save_checkpoint(vlm: Any, directory: str | os.PathLike[str], *, metadata: dict[str, str] | None = None) -> Path:
-    """Write ``vlm`` (and its tokenizer) to ``directory`` atomically."""
+    """Write ``vlm`` (and its tokenizer) to ``directory`` atomically (temp directory + rename)."""
+    from meteor_cli.artifacts import atomic_dir
+
+    with atomic_dir(directory) as tmp:
+        write_checkpoint_files(vlm, tmp, metadata=metadata)
+    return Path(directory)
+
+
+def write_checkpoint_files(vlm: Any, directory: Path, *, metadata: dict[str, str] | None = None) -> None:
+    """config.json, model.safetensors and the tokenizer, into an existing ``directory``."""
     from safetensors.torch import save_file
 
     from meteor_cli.artifacts import provenance_metadata
 
-    target = Path(directory)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        cfg = vlm.cfg.to_dict()
-        cfg["llm"] = {"path": None, "hf_config": _hf_dict(vlm.llm.config), "attn_implementation": vlm.cfg.llm.attn_implementation}
-        (tmp / "config.json").write_text(json.dumps({"format": FORMAT, "model": cfg}, indent=2) + "\n")
-        sd = {k: v.detach().contiguous().cpu() for k, v in vlm.state_dict().items()}
-        sd = _drop_tied(vlm, sd)
-        save_file(sd, str(tmp / "model.safetensors"), metadata=provenance_metadata("meteor.checkpoint", extra=metadata))
-        if vlm.tokenizer is not None:
-            vlm.tokenizer.save_pretrained(tmp)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
+    cfg = vlm.cfg.to_dict()
+    cfg["llm"] = {"path": None, "hf_config": _hf_dict(vlm.llm.config), "attn_implementation": vlm.cfg.llm.attn_implementation}
+    (directory / "config.json").write_text(json.dumps({"format": FORMAT, "model": cfg}, indent=2) + "\n")
+    sd = _drop_tied(vlm, {k: v.detach().contiguous().cpu() for k, v in vlm.state_dict().items()})
+    save_file(sd, str(directory / "model.safetensors"), metadata=provenance_metadata("meteor.checkpoint", extra=metadata))
+    if vlm.tokenizer is not None:
+        vlm.tokenizer.save_pretrained(directory)
 
 
 def _hf_dict(hf_config: Any) -> dict[str, Any]:

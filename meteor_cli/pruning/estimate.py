@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from meteor_cli.data.llava import iter_selected, load_image, record_id, resolve_image
+from meteor_cli.data.llava import load_image, record_id, resolve_image
 from meteor_cli.errors import InvalidInputError, UsageError
 from meteor_cli.pruning.rank import RunningStats, feature_rank
 

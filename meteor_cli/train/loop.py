@@ -249,17 +249,11 @@ class Trainer:
         """Write ``checkpoints/step-N`` atomically (temp dir + rename); rank 0 only."""
         target = self.checkpoint_dir / f"step-{self.step:07d}"
         if self.dist.is_main:
-            self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=self.checkpoint_dir))
-            try:
+            from meteor_cli.artifacts import atomic_dir
+
+            with atomic_dir(target) as tmp:
                 self.task.save(self.model, tmp)
                 torch.save(self._state(), tmp / STATE_FILE)
-                if target.exists():
-                    shutil.rmtree(target)
-                os.replace(tmp, target)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
             for old in sorted(p for p in self.checkpoint_dir.glob("step-*"))[:-self.cfg.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
         self._barrier()

@@ -100,12 +100,9 @@ class VLMTask:
         return model(batch["images"], batch["prompts"], batch["answers"])[0]
 
     def save(self, model: torch.nn.Module, directory: Path) -> None:
-        from meteor_cli.model.checkpoint import save_checkpoint
+        from meteor_cli.model.checkpoint import write_checkpoint_files
 
-        save_checkpoint(model, directory / "_ckpt")
-        for f in (directory / "_ckpt").iterdir():
-            f.rename(directory / f.name)
-        (directory / "_ckpt").rmdir()
+        write_checkpoint_files(model, directory)  # the loop makes the directory atomic
 
     def load(self, model: torch.nn.Module, directory: Path) -> None:
         from safetensors.torch import load_file
