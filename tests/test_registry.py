@@ -147,3 +147,25 @@ def test_registration_warnings_are_warnings_not_errors(reg):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         reg.add("a", 1)  # first registration: silent
+
+
+def test_the_shipped_example_plugin(tmp_path, monkeypatch):
+    """plugins/meteor-example-plugin, discovered through its entry point, registers a working policy."""
+    import torch
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "plugins" / "meteor-example-plugin"
+    monkeypatch.syspath_prepend(str(root))
+    info = tmp_path / "meteor_example_plugin-0.1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: meteor-example-plugin\nVersion: 0.1.0\n")
+    (info / "entry_points.txt").write_text("[meteor.plugins]\nexample = meteor_example_plugin\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        assert "example" in R.load_plugins()
+        policy = R.POLICIES.get("keep-first", stage=2)
+        res = policy(torch.randn(2, 10, 4), torch.tensor([0] * 6 + [1] * 4), 5)
+        assert res.indices.tolist() == [[0, 1, 2, 6, 7]] * 2 and res.per_encoder.tolist() == [[3, 2]] * 2
+    finally:
+        R.POLICIES.unregister("keep-first")
+        sys.modules.pop("meteor_example_plugin", None)
