@@ -78,9 +78,11 @@ def main(
     if chunk_idx >= num_chunks:
         raise UsageError(f"--chunk-idx {chunk_idx} must be below --num-chunks {num_chunks}")
     body = _estimate(run, model, data, image_root, sample, count, method.value, grid, batch_size, num_chunks, chunk_idx)
-    n_total = body["n_images"] + body["n_failed"]
-    if n_total and body["n_failed"] > max_failed * n_total:
-        raise InvalidInputError(f"{body['n_failed']} of {n_total} images could not be read "
+    n_failed, n_total = body["n_failed"], body["n_images"] + body["n_failed"]
+    if world > 1:  # --max-failed judges the whole sample, as one process would, and every rank agrees
+        n_failed, n_total = _sum_over_ranks(n_failed, n_total)
+    if n_total and n_failed > max_failed * n_total:
+        raise InvalidInputError(f"{n_failed} of {n_total} images could not be read "
                                 f"(more than --max-failed {max_failed:.2%}); first: {body['failed'][:3]}",
                                 "check --image-root, or raise --max-failed")
     inputs = [data] + ([model] if Path(model).exists() else [])
@@ -113,6 +115,18 @@ def _estimate(run: Run, model: str, data: Path, image_root: Path | None, sample:
     return body
 
 
+def _sum_over_ranks(*counts: int) -> list[int]:
+    """Sum integers over the torchrun ranks (joining the gloo group torchrun set up)."""
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+    t = torch.tensor(counts, dtype=torch.long)
+    dist.all_reduce(t)
+    return [int(v) for v in t]
+
+
 def _torchrun_merge(run: Run, body: dict, inputs: list, out: Path) -> None:
     """Every rank writes its part; rank 0 merges them into ``out`` after a barrier."""
     import torch.distributed as dist
@@ -120,8 +134,6 @@ def _torchrun_merge(run: Run, body: dict, inputs: list, out: Path) -> None:
     from meteor_cli.artifacts import make_artifact, read_artifact, write_artifact
     from meteor_cli.pruning.estimate import merge_bodies
 
-    if not dist.is_initialized():
-        dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     part = out.with_name(f".{out.name}.part{rank}")
     write_artifact(part, make_artifact("meteor.ranks", body, inputs=inputs))
@@ -134,6 +146,7 @@ def _torchrun_merge(run: Run, body: dict, inputs: list, out: Path) -> None:
             p.unlink()
         _report(run, merged, out)
     dist.barrier()
+    dist.destroy_process_group()
 
 
 def _report(run: Run, body: dict, out: Path) -> None:

@@ -74,3 +74,45 @@ def test_missing_inputs(cli, tmp_path):
     assert res.exit_code == ExitCode.NOT_FOUND
     res = cli("rank-estimate", "--model", "huge", "--data", "none.json", "--device", "cpu")
     assert res.exit_code in (ExitCode.NOT_FOUND, ExitCode.USAGE)
+
+
+def _torchrun(*args: str, timeout: int = 240):
+    """``torchrun --nproc_per_node 2 -m meteor_cli ARGS`` on the CPU (gloo), one thread per process."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "meteor_cli", *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_merge_to_the_single_process_run(cli, synth, tmp_path):
+    # One unreadable image of 10: within --max-failed 0.1 for the whole sample, but 1 of 5 on its
+    # rank's shard — the limit must judge the whole sample, as one process does.
+    recs = json.loads((tmp_path / "sv" / "train.json").read_text())
+    assert cli("rank-estimate", *ARGS, "--count", "10", "--batch-size", "3", "--out", "single.json",
+               "--max-failed", "0.1").exit_code == 0
+    single = A.read_artifact(tmp_path / "single.json")
+    bad = single["sample"]["ids"][3]
+    (tmp_path / "sv" / next(r["image"] for r in recs if r["id"] == bad)).write_bytes(b"not a png")
+    assert cli("rank-estimate", *ARGS, "--count", "10", "--batch-size", "3", "--out", "single.json",
+               "--max-failed", "0.1").exit_code == 0
+    single = A.read_artifact(tmp_path / "single.json")
+    assert single["n_failed"] == 1 and single["failed"] == [bad]
+
+    res = _torchrun("rank-estimate", *ARGS, "--count", "10", "--batch-size", "3", "--max-failed", "0.1",
+                    "--out", "ranks.json")
+    assert res.returncode == 0, res.stderr[-3000:]
+    merged = A.read_artifact(tmp_path / "ranks.json", "meteor.ranks")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ranks.json", "single.json", "sv"]  # parts removed
+    assert merged["n_images"] == 9 and merged["n_failed"] == 1 and merged["failed"] == [bad]
+    assert sorted(merged["sample"]["ids"]) == sorted(single["sample"]["ids"]) and merged["sample"]["num_chunks"] == 2
+    assert list(merged["encoders"]) == list(single["encoders"])
+    for name, e in single["encoders"].items():
+        m = merged["encoders"][name]
+        assert m["n_images"] == 9 and m["points"] == e["points"]
+        assert m["rank"] == pytest.approx(e["rank"], rel=1e-6)  # float32 kernels on other batch shapes
+        assert m["std"] == pytest.approx(e["std"], rel=1e-5, abs=1e-9)
