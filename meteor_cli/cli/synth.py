@@ -26,6 +26,8 @@ def main(
         "--families", help="Comma-separated task families: general, hallucination, ocr, chart.")] = "general,hallucination,ocr,chart",
     min_objects: Annotated[int, typer.Option("--min-objects", min=1, help="Fewest shapes per scene.")] = 1,
     max_objects: Annotated[int, typer.Option("--max-objects", min=1, help="Most shapes per scene.")] = 6,
+    turns: Annotated[int, typer.Option(
+        "--turns", min=1, help="Questions per training image (a multi-turn conversation; OCR images have one).")] = 1,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --out if it exists.")] = False,
     run: Run = None,  # type: ignore[assignment]
 ) -> None:
@@ -35,7 +37,7 @@ def main(
     cfg = SynthConfig(image_size=image_size, min_objects=min_objects, max_objects=max_objects,
                       families=tuple(f.strip() for f in families.split(",") if f.strip()))
     with run.progress(total=train + eval_, desc="rendering", unit="img") as bar:
-        manifest = generate(out, n_train=train, n_eval=eval_, seed=run.seed, cfg=cfg, overwrite=overwrite,
+        manifest = generate(out, n_train=train, n_eval=eval_, seed=run.seed, cfg=cfg, overwrite=overwrite, turns=turns,
                             progress=bar.update)
     manifest["path"] = str(out)
 

@@ -84,7 +84,7 @@ def main(
     if dataset.n_failed:
         run.warn(f"{dataset.n_failed} records skipped: unreadable images (first: {dataset.failed[:3]})")
     torch.manual_seed(run.seed)
-    trainer = Trainer(vlm, dataset, VLMTask(vlm.tokenizer), cfg, out, device=run.device, dist_info=dist_info,
+    trainer = Trainer(vlm, dataset, VLMTask(vlm.tokenizer, vlm.cfg.template), cfg, out, device=run.device, dist_info=dist_info,
                       progress=run.progress)
     run.info(f"training {sum(p.numel() for p in trainer.trainable) / 1e6:.2f}M parameters on {len(dataset)} samples, "
              f"{trainer.total_steps} steps of {trainer.global_batch}" + (" with Stage 1-2 pruning" if alloc else ""))

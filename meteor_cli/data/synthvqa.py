@@ -164,6 +164,12 @@ def _general(rng: random.Random, cfg: SynthConfig) -> Item:
     k = rng.randint(cfg.min_objects, cfg.max_objects)
     objects = _sample_objects(rng, k)
     im, placed = _render_scene(rng, objects, cfg.image_size)
+    q, a, sub = _general_question(rng, placed, cfg.image_size)
+    return Item(im, q, a, "general", sub, {"objects": placed})
+
+
+def _general_question(rng: random.Random, placed: list[dict[str, Any]], size: int) -> tuple[str, str, str]:
+    """(question, answer, subcategory) of one GQA-like question about a scene."""
     shapes = Counter(o["shape"] for o in placed)
     colors = Counter(o["color"] for o in placed)
     kinds = ["count"]
@@ -174,24 +180,24 @@ def _general(rng: random.Random, cfg: SynthConfig) -> Item:
     kinds.append("position")
     kind = rng.choice(kinds)
     if kind == "count":
-        return Item(im, "How many shapes are there?", str(k), "general", "count", {"objects": placed})
+        return "How many shapes are there?", str(len(placed)), "count"
     if kind == "color":
         shape = rng.choice(sorted(s for s, n in shapes.items() if n == 1))
         obj = next(o for o in placed if o["shape"] == shape)
-        return Item(im, f"What color is the {shape}?", obj["color"], "general", "color", {"objects": placed})
+        return f"What color is the {shape}?", obj["color"], "color"
     if kind == "shape":
         color = rng.choice(sorted(c for c, n in colors.items() if n == 1))
         obj = next(o for o in placed if o["color"] == color)
-        return Item(im, f"What shape is the {color} object?", obj["shape"], "general", "shape", {"objects": placed})
+        return f"What shape is the {color} object?", obj["shape"], "shape"
     obj = rng.choice(placed)
-    half = cfg.image_size / 2
+    half = size / 2
     if rng.random() < 0.5:
         q = f"Is the {obj['color']} {obj['shape']} on the left or on the right?"
         a = "left" if obj["cx"] < half else "right"
     else:
         q = f"Is the {obj['color']} {obj['shape']} at the top or at the bottom?"
         a = "top" if obj["cy"] < half else "bottom"
-    return Item(im, q, a, "general", "position", {"objects": placed})
+    return q, a, "position"
 
 
 @lru_cache(maxsize=1)
@@ -227,14 +233,19 @@ def _hallucination(rng: random.Random, cfg: SynthConfig, index: int) -> Item:
     objects = _sample_objects(rng, k)
     im, placed = _render_scene(rng, objects, cfg.image_size)
     category = POPE_CATEGORIES[(index // 4) % 3]  # balanced over the three POPE splits
+    q, answer = _existence_question(rng, objects, category)
+    return Item(im, q, answer, "hallucination", category, {"objects": placed})
+
+
+def _existence_question(rng: random.Random, objects: list[tuple[str, str]], category: str) -> tuple[str, str]:
+    """A POPE-like yes/no question: half present objects, half ``category`` negatives."""
     if rng.random() < 0.5:
         color, shape = rng.choice(objects)
         answer = "yes"
     else:
         color, shape = _negative(rng, objects, category)
         answer = "no"
-    return Item(im, f"Is there a {color} {shape} in the image?", answer, "hallucination", category,
-                {"objects": placed})
+    return f"Is there a {color} {shape} in the image?", answer
 
 
 # --------------------------------------------------------------------------------------------
@@ -309,18 +320,22 @@ def _chart(rng: random.Random, cfg: SynthConfig) -> Item:
         x0 = left + i * slot + slot * 0.2
         draw.rectangle((x0, bottom - v * unit, x0 + slot * 0.6, bottom), fill=color)
         draw.text((x0 + slot * 0.15, bottom + 1), lab, fill=(30, 30, 30), font=font)
+    q, a, sub = _chart_question(rng, labels, values)
+    return Item(im, q, a, "chart", sub, {"values": dict(zip(labels, values))})
+
+
+def _chart_question(rng: random.Random, labels: list[str], values: list[int]) -> tuple[str, str, str]:
+    """(question, answer, subcategory) of one ChartQA-like question about a bar chart."""
+    n = len(labels)
     kind = rng.choice(["value", "value", "tallest", "compare"])
     if kind == "value":
         i = rng.randrange(n)
-        return Item(im, f"What is the value of bar {labels[i]}?", str(values[i]), "chart", "value",
-                    {"values": dict(zip(labels, values))})
+        return f"What is the value of bar {labels[i]}?", str(values[i]), "value"
     if kind == "tallest":
-        return Item(im, "Which bar is the tallest?", labels[values.index(top)], "chart", "tallest",
-                    {"values": dict(zip(labels, values))})
+        return "Which bar is the tallest?", labels[values.index(max(values))], "tallest"
     i = rng.randrange(n)
     j = rng.choice([k for k in range(n) if values[k] != values[i]])  # never a tie
-    return Item(im, f"Is bar {labels[i]} taller than bar {labels[j]}?", "yes" if values[i] > values[j] else "no",
-                "chart", "compare", {"values": dict(zip(labels, values))})
+    return f"Is bar {labels[i]} taller than bar {labels[j]}?", "yes" if values[i] > values[j] else "no", "compare"
 
 
 def make_item(seed: int, split: str, index: int, cfg: SynthConfig = SynthConfig()) -> Item:
@@ -334,6 +349,38 @@ def make_item(seed: int, split: str, index: int, cfg: SynthConfig = SynthConfig(
     if family == "ocr":
         return _ocr(rng, cfg)
     return _chart(rng, cfg)
+
+
+def follow_up_questions(seed: int, split: str, index: int, item: Item, n: int) -> list[tuple[str, str]]:
+    """Up to ``n`` more (question, answer) pairs about ``item``'s image, distinct from its question.
+
+    Scenes of shapes get GQA-like and POPE-like (random negatives) questions alike, charts other
+    chart questions; an OCR image has a single question, so it gets none. Drawn from their own
+    ``random.Random(f"{seed}/{split}/{index}/more")``, so the first question and the image are the
+    same as without follow-ups. Training sets use them as multi-turn conversations (``--turns``):
+    the image is encoded once for several supervised answers.
+    """
+    rng = random.Random(f"{seed}/{split}/{index}/more")
+    seen = {item.question}
+    out: list[tuple[str, str]] = []
+    for _ in range(8 * n):
+        if len(out) >= n:
+            break
+        if "objects" in item.meta:
+            placed = item.meta["objects"]
+            if rng.random() < 0.5:
+                q, a, _ = _general_question(rng, placed, item.image.size[0])
+            else:
+                q, a = _existence_question(rng, [(o["color"], o["shape"]) for o in placed], "random")
+        elif "values" in item.meta:
+            labels, values = list(item.meta["values"]), list(item.meta["values"].values())
+            q, a, _ = _chart_question(rng, labels, values)
+        else:
+            break
+        if q not in seen:
+            seen.add(q)
+            out.append((q, a))
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -353,9 +400,13 @@ def generate(
     seed: int = 0,
     cfg: SynthConfig = SynthConfig(),
     overwrite: bool = False,
+    turns: int = 1,
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Write a SynthVQA set to ``out`` and return its manifest.
+
+    ``turns`` > 1 makes each training record a conversation of up to ``turns`` questions about
+    its image (:func:`follow_up_questions`); evaluation questions are always single.
 
     The set is built in a temporary sibling directory and renamed into place at the end, so an
     interrupted run never leaves a half-written benchmark behind. ``progress(n)`` is called after
@@ -379,9 +430,12 @@ def generate(
                 counts[split][item.family] += 1
                 qid = f"{split}-{i:06d}"
                 if split == "train":
+                    conv = [{"from": "human", "value": f"<image>\n{item.question}{SHORT_ANSWER}"},
+                            {"from": "gpt", "value": item.answer}]
+                    for q, a in follow_up_questions(seed, split, i, item, turns - 1) if turns > 1 else ():
+                        conv += [{"from": "human", "value": f"{q}{SHORT_ANSWER}"}, {"from": "gpt", "value": a}]
                     train.append({"id": qid, "image": rel, "category": item.family, "subcategory": item.subcategory,
-                                  "conversations": [{"from": "human", "value": f"<image>\n{item.question}{SHORT_ANSWER}"},
-                                                    {"from": "gpt", "value": item.answer}]})
+                                  "conversations": conv})
                 else:
                     questions.append({"question_id": qid, "image": rel, "text": f"{item.question}{SHORT_ANSWER}",
                                       "category": item.family, "subcategory": item.subcategory})
@@ -395,11 +449,12 @@ def generate(
         (tmp / "eval" / "answers.jsonl").write_text(_jsonl(answers))
         manifest = {
             "benchmark": "synthvqa", "generator_version": GENERATOR_VERSION, "seed": seed,
-            "config": {**asdict(cfg), "families": list(cfg.families)},
+            "config": {**asdict(cfg), "families": list(cfg.families), "turns": turns},
             "counts": {s: dict(sorted(c.items())) for s, c in counts.items()},
         }
         (tmp / "synthvqa.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
 
-__all__ = ["FAMILIES", "POPE_CATEGORIES", "SynthConfig", "Item", "generate", "make_item", "object_statistics", "spell"]
+__all__ = ["FAMILIES", "POPE_CATEGORIES", "SynthConfig", "Item", "follow_up_questions", "generate", "make_item",
+           "object_statistics", "spell"]

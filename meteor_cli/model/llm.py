@@ -26,6 +26,13 @@ TEMPLATES = {
                "<|end_header_id|>\n\n", "{answer}"),
     "chatml": ("<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n", "{answer}"),
 }
+#: How a later turn of a multi-turn conversation opens (after the previous answer and its EOS).
+FOLLOW_UPS = {
+    "plain": "{user}\n",
+    "vicuna_v1": "USER: {user} ASSISTANT:",
+    "llama3": TEMPLATES["llama3"][0],
+    "chatml": "\n" + TEMPLATES["chatml"][0],
+}
 
 
 def build_llm(cfg: LLMConfig) -> nn.Module:
@@ -62,24 +69,49 @@ def split_prompt(template: str, user: str) -> tuple[str, str, str]:
     return pre, post, answer_fmt
 
 
+def answer_ids(tokenizer: Any, template: str, answer: str) -> list[int]:
+    """Token ids of one answer as the template writes it, EOS included (the loss targets)."""
+    return tokenizer(TEMPLATES[template][1].format(answer=answer), add_special_tokens=False)["input_ids"] + \
+        [tokenizer.eos_token_id]
+
+
+def follow_up_ids(tokenizer: Any, template: str, turns: list[tuple[str, str]]) -> tuple[list[int], list[int]]:
+    """(ids, labels) of the turns after the first answer: questions masked, answers + EOS targets."""
+    ids: list[int] = []
+    labels: list[int] = []
+    for question, answer in turns:
+        q = tokenizer(FOLLOW_UPS[template].format(user=question), add_special_tokens=False)["input_ids"]
+        a = answer_ids(tokenizer, template, answer)
+        ids += q + a
+        labels += [-100] * len(q) + a
+    return ids, labels
+
+
 def build_inputs(tokenizer: Any, embed: nn.Module, template: str, prompts: list[str], visual: torch.Tensor,
-                 answers: list[str] | None = None) -> LLMInputs:
-    """Template, tokenise, splice ``visual`` (B, N, d) at ``<image>``; labels cover answers + EOS."""
+                 answers: list[str] | None = None, turns: list[list[tuple[str, str]]] | None = None) -> LLMInputs:
+    """Template, tokenise, splice ``visual`` (B, N, d) at ``<image>``; labels cover answers + EOS.
+
+    ``turns`` (training only, with ``answers``): per sample, the (question, answer) exchanges that
+    follow the first answer in a multi-turn conversation, as LLaVA's instruction data has them.
+    """
     dev = visual.device
     rows, labels, starts, plens = [], [], [], []
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     for b, user in enumerate(prompts):
-        pre, post, answer_fmt = split_prompt(template, user)
+        pre, post, _ = split_prompt(template, user)
         ids_pre = bos + tokenizer(pre, add_special_tokens=False)["input_ids"]
         ids_post = tokenizer(post, add_special_tokens=False)["input_ids"]
-        ids_ans = []
+        ids_ans: list[int] = []
+        lab_ans: list[int] = []
         if answers is not None:
-            ids_ans = tokenizer(answer_fmt.format(answer=answers[b]), add_special_tokens=False)["input_ids"]
-            ids_ans = ids_ans + [tokenizer.eos_token_id]
+            ids_ans = lab_ans = answer_ids(tokenizer, template, answers[b])
+            if turns is not None and turns[b]:
+                more, more_lab = follow_up_ids(tokenizer, template, turns[b])
+                ids_ans, lab_ans = ids_ans + more, lab_ans + more_lab
         t = lambda ids: embed(torch.tensor(ids, dtype=torch.long, device=dev))  # noqa: E731
         n = visual.shape[1]
         rows.append(torch.cat([t(ids_pre), visual[b].to(embed.weight.dtype), t(ids_post), t(ids_ans)]))
-        lab = [-100] * (len(ids_pre) + n + len(ids_post)) + ids_ans
+        lab = [-100] * (len(ids_pre) + n + len(ids_post)) + lab_ans
         labels.append(torch.tensor(lab, dtype=torch.long, device=dev))
         starts.append(len(ids_pre))
         plens.append(len(ids_pre) + n + len(ids_post))

@@ -103,23 +103,31 @@ class MultiEncoderVLM(nn.Module):
 
     # -- language ------------------------------------------------------------------------------
 
-    def prepare(self, images: torch.Tensor, prompts: list[str], answers: list[str] | None = None) -> tuple[LLMInputs, VisualTokens]:
+    def prepare(self, images: torch.Tensor, prompts: list[str], answers: list[str] | None = None,
+                turns: list[list[tuple[str, str]]] | None = None) -> tuple[LLMInputs, VisualTokens]:
         vis = self.encode_images(images)
-        inputs = build_inputs(self.tokenizer, self.llm.get_input_embeddings(), self.cfg.template, prompts, vis.z, answers)
+        inputs = build_inputs(self.tokenizer, self.llm.get_input_embeddings(), self.cfg.template, prompts, vis.z, answers,
+                              turns)
         return inputs, vis
 
-    def loss_sum(self, images: torch.Tensor, prompts: list[str], answers: list[str]) -> tuple[torch.Tensor, int]:
-        """Sum of answer-token cross-entropies and the number of answer tokens."""
-        inputs, _ = self.prepare(images, prompts, answers)
+    def loss_sum(self, images: torch.Tensor, prompts: list[str], answers: list[str],
+                 turns: list[list[tuple[str, str]]] | None = None) -> tuple[torch.Tensor, int]:
+        """Sum of answer-token cross-entropies and the number of answer tokens.
+
+        ``turns``: per sample, the later (question, answer) exchanges of a multi-turn conversation;
+        the image is encoded once and every answer is a target.
+        """
+        inputs, _ = self.prepare(images, prompts, answers, turns)
         logits = self.llm(inputs_embeds=inputs.embeds, attention_mask=inputs.attention_mask).logits
         target = inputs.labels[:, 1:]  # type: ignore[index]
         loss = nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), target.flatten(), ignore_index=-100,
                                            reduction="sum")
         return loss, int((target != -100).sum())
 
-    def forward(self, images: torch.Tensor, prompts: list[str], answers: list[str]) -> tuple[torch.Tensor, int]:
+    def forward(self, images: torch.Tensor, prompts: list[str], answers: list[str],
+                turns: list[list[tuple[str, str]]] | None = None) -> tuple[torch.Tensor, int]:
         """Training forward (what DDP wraps): ``(sum of answer-token losses, number of answer tokens)``."""
-        return self.loss_sum(images, prompts, answers)
+        return self.loss_sum(images, prompts, answers, turns)
 
     @torch.no_grad()
     def generate(self, images: torch.Tensor, prompts: list[str], *, max_new_tokens: int = 16,

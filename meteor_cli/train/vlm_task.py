@@ -4,6 +4,10 @@ Images are decoded once and kept in memory as uint8 at the largest encoder resol
 for SynthVQA-sized sets, and it keeps the CPU busy with the model rather than with PNG
 decoding). Records with a missing or unreadable image are skipped and counted; records
 without a ``gpt`` turn are rejected, naming their id.
+
+Multi-turn records (LLaVA's instruction data has several human/gpt exchanges per image) train on
+every exchange at once: the image is encoded once, the later questions follow the first answer
+in the template's multi-turn format, and every answer is a loss target.
 """
 
 from __future__ import annotations
@@ -20,6 +24,9 @@ from meteor_cli.errors import InvalidInputError
 from meteor_cli.pruning.estimate import image_tensor
 
 
+Exchange = tuple[str, str]  # (question, answer)
+
+
 @dataclass
 class VLMData:
     images: torch.Tensor  # (N, 3, S, S) uint8
@@ -28,28 +35,45 @@ class VLMData:
     ids: list[str]
     n_failed: int = 0
     failed: list[str] = field(default_factory=list)
+    #: Per record, the exchanges after the first (empty for single-turn records).
+    turns: list[list[Exchange]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.prompts)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, str, str]:
-        return self.images[i], self.prompts[i], self.answers[i]
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, str, str, list[Exchange]]:
+        return self.images[i], self.prompts[i], self.answers[i], self.turns[i] if self.turns else []
 
 
-def first_exchange(rec: dict[str, Any], index: int) -> tuple[str, str]:
-    """The first human question and the gpt answer that follows it."""
-    turns = rec.get("conversations") or []
-    human = next((t["value"] for t in turns if t.get("from") == "human"), None)
-    gpt = next((t["value"] for t in turns if t.get("from") == "gpt"), None)
-    if human is None or gpt is None:
-        raise InvalidInputError(f"record {record_id(rec, index)} has no {'human' if human is None else 'gpt'} turn",
+def exchanges(rec: dict[str, Any], index: int) -> list[Exchange]:
+    """Every (human question, gpt answer) pair of a record, in order; at least one.
+
+    A human turn without a gpt answer after it (a trailing question) is dropped.
+    """
+    pairs: list[Exchange] = []
+    question: str | None = None
+    for turn in rec.get("conversations") or []:
+        if turn.get("from") == "human":
+            question = turn["value"]
+        elif turn.get("from") == "gpt" and question is not None:
+            pairs.append((question, turn["value"]))
+            question = None
+    if not pairs:
+        speakers = {t.get("from") for t in rec.get("conversations") or []}
+        missing = "human" if "human" not in speakers else "gpt"
+        raise InvalidInputError(f"record {record_id(rec, index)} has no {missing} turn",
                                 "every training record needs a human question and a gpt answer")
-    return human, gpt
+    return pairs
+
+
+def first_exchange(rec: dict[str, Any], index: int) -> Exchange:
+    """The first human question and the gpt answer that follows it."""
+    return exchanges(rec, index)[0]
 
 
 def load_vlm_data(data: Path, image_root: Path, size: int, *, max_failed: float = 0.01, limit: int | None = None,
                   progress: Any = None) -> VLMData:
-    imgs, prompts, answers, ids, failed = [], [], [], [], []
+    imgs, prompts, answers, ids, failed, turns = [], [], [], [], [], []
     n_seen = 0
     for i, rec in enumerate(iter_json_records(data)):
         if limit is not None and n_seen >= limit:
@@ -57,7 +81,7 @@ def load_vlm_data(data: Path, image_root: Path, size: int, *, max_failed: float 
         if not rec.get("image"):
             continue
         n_seen += 1
-        human, gpt = first_exchange(rec, i)
+        (human, gpt), *later = exchanges(rec, i)
         try:
             im = load_image(resolve_image(rec, image_root))
         except OSError as exc:
@@ -67,6 +91,7 @@ def load_vlm_data(data: Path, image_root: Path, size: int, *, max_failed: float 
         imgs.append((image_tensor(im, size) * 255).round().to(torch.uint8))
         prompts.append(human if "<image>" in human else "<image>\n" + human)
         answers.append(gpt)
+        turns.append([(q.replace("<image>", "").strip(), a) for q, a in later])
         ids.append(record_id(rec, i))
         if progress is not None:
             progress(1)
@@ -75,20 +100,26 @@ def load_vlm_data(data: Path, image_root: Path, size: int, *, max_failed: float 
     if len(failed) > max_failed * n_seen:
         raise InvalidInputError(f"{len(failed)} of {n_seen} images could not be read; first: {failed[:3]}",
                                 "check --image-root, or raise --max-failed")
-    return VLMData(torch.stack(imgs), prompts, answers, ids, len(failed), failed)
+    return VLMData(torch.stack(imgs), prompts, answers, ids, len(failed), failed, turns)
 
 
 class VLMTask:
     """The :class:`~meteor_cli.train.loop.TrainTask` of a MultiEncoderVLM."""
 
-    def __init__(self, tokenizer: Any) -> None:
+    def __init__(self, tokenizer: Any, template: str = "plain") -> None:
         self.tokenizer = tokenizer
+        self.template = template
 
-    def collate(self, samples: list[tuple[torch.Tensor, str, str]]) -> dict[str, Any]:
+    def collate(self, samples: list[tuple[torch.Tensor, str, str, list[Exchange]]]) -> dict[str, Any]:
+        from meteor_cli.model.llm import answer_ids
+
         imgs = torch.stack([s[0] for s in samples])
         answers = [s[2] for s in samples]
-        n = sum(len(self.tokenizer(a, add_special_tokens=False)["input_ids"]) + 1 for a in answers)  # + EOS
-        return {"images": imgs, "prompts": [s[1] for s in samples], "answers": answers, "n": n}
+        turns = [list(s[3]) for s in samples]
+        # The loss targets, counted exactly as build_inputs makes them (answer format + EOS).
+        n = sum(len(answer_ids(self.tokenizer, self.template, a)) for a in answers)
+        n += sum(len(answer_ids(self.tokenizer, self.template, a)) for t in turns for _, a in t)
+        return {"images": imgs, "prompts": [s[1] for s in samples], "answers": answers, "turns": turns, "n": n}
 
     def to_device(self, batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
         return {**batch, "images": batch["images"].to(device).float() / 255.0}
@@ -97,7 +128,8 @@ class VLMTask:
         return batch["n"]
 
     def loss(self, model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
-        return model(batch["images"], batch["prompts"], batch["answers"])[0]
+        turns = batch.get("turns")
+        return model(batch["images"], batch["prompts"], batch["answers"], turns if turns and any(turns) else None)[0]
 
     def save(self, model: torch.nn.Module, directory: Path) -> None:
         from meteor_cli.model.checkpoint import write_checkpoint_files

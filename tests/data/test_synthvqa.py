@@ -123,3 +123,50 @@ def test_cli(cli, tmp_path):
     assert again.exit_code == ExitCode.USAGE and "--overwrite" in again.stderr
     only_ocr = cli("synth", "--out", "ocr", "--train", "3", "--eval", "0", "--families", "ocr", "-q", "--json")
     assert json.loads(only_ocr.stdout)["counts"]["train"] == {"ocr": 3}
+
+
+def test_follow_up_questions_are_distinct_and_true():
+    for i in range(120):
+        item = S.make_item(0, "train", i)
+        more = S.follow_up_questions(0, "train", i, item, 6)
+        assert len({q for q, _ in more} | {item.question}) == len(more) + 1
+        if item.family == "ocr":
+            assert more == []
+            continue
+        assert len(more) >= 3
+        for q, a in more:
+            if "objects" in item.meta:
+                objs = item.meta["objects"]
+                present = {(o["color"], o["shape"]) for o in objs}
+                if q.startswith("Is there a "):
+                    asked = tuple(q.removeprefix("Is there a ").removesuffix(" in the image?").split(" "))
+                    assert a == ("yes" if asked in present else "no")
+                elif q.startswith("How many"):
+                    assert a == str(len(objs))
+                elif q.startswith("What color is the "):
+                    shape = q.removeprefix("What color is the ").removesuffix("?")
+                    assert [o["color"] for o in objs if o["shape"] == shape] == [a]
+            else:
+                vals = item.meta["values"]
+                if q.startswith("What is the value of bar "):
+                    assert a == str(vals[q.removeprefix("What is the value of bar ").removesuffix("?")])
+                elif q.startswith("Is bar "):
+                    x, y = q.removeprefix("Is bar ").removesuffix("?").split(" taller than bar ")
+                    assert a == ("yes" if vals[x] > vals[y] else "no")
+
+
+def test_turns_make_conversations_without_changing_images_or_eval(tmp_path):
+    one = S.generate(tmp_path / "one", n_train=8, n_eval=4, seed=3)
+    many = S.generate(tmp_path / "many", n_train=8, n_eval=4, seed=3, turns=4)
+    assert one["config"]["turns"] == 1 and many["config"]["turns"] == 4
+    a, b = _digest(tmp_path / "one"), _digest(tmp_path / "many")
+    assert {k: v for k, v in a.items() if k != "train.json" and k != "synthvqa.json"} == \
+        {k: v for k, v in b.items() if k != "train.json" and k != "synthvqa.json"}
+    recs1 = json.loads((tmp_path / "one" / "train.json").read_text())
+    recs4 = json.loads((tmp_path / "many" / "train.json").read_text())
+    for r1, r4 in zip(recs1, recs4):
+        assert r4["conversations"][:2] == r1["conversations"]
+        n = len(r4["conversations"]) // 2
+        assert n == (1 if r4["category"] == "ocr" else 4)
+        assert [t["from"] for t in r4["conversations"]] == ["human", "gpt"] * n
+        assert all("<image>" not in t["value"] for t in r4["conversations"][2:])

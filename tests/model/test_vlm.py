@@ -74,6 +74,50 @@ def test_batch_of_two_equals_two_singles(fusion):
     assert vis.z.shape == (2, expected, 64)
 
 
+@pytest.mark.parametrize("template", ["plain", "vicuna_v1", "chatml"])
+def test_multi_turn_conversations_train_every_answer(template):
+    from meteor_cli.model.llm import answer_ids
+    from meteor_cli.train.vlm_task import VLMTask
+
+    torch.manual_seed(0)
+    cfg = tiny_cfg()
+    cfg.template = template
+    m = MultiEncoderVLM(cfg, synthvqa_tokenizer()).eval()
+    imgs = torch.rand(2, 3, 32, 32)
+    prompts = ["<image>\nWhat color is the circle?", "<image>\nHow many shapes are there?"]
+    turns = [[("How many shapes are there?", "3"), ("Is there a red square in the image?", "no")], []]
+    with torch.no_grad():
+        inputs, _ = m.prepare(imgs, prompts, ["red", "2"], turns)
+        both, n = m.loss_sum(imgs, prompts, ["red", "2"], turns)
+        first, _ = m.loss_sum(imgs[:1], prompts[:1], ["red"])
+        logits = m.llm(inputs_embeds=inputs.embeds, attention_mask=inputs.attention_mask).logits
+    tok = m.tokenizer
+    expected = [answer_ids(tok, template, a) for a in ("red", "3", "no")]
+    assert inputs.labels[0][inputs.labels[0] != -100].tolist() == sum(expected, [])
+    assert n == sum(map(len, expected)) + len(answer_ids(tok, template, "2"))
+    # The collate count the training loop normalises by is the same number.
+    batch = VLMTask(tok, template).collate([(imgs[0], prompts[0], "red", turns[0]), (imgs[1], prompts[1], "2", [])])
+    assert batch["n"] == n
+    # Causal: the first answer's loss does not depend on the turns after it.
+    lab = inputs.labels[0, 1:]
+    ce = torch.nn.functional.cross_entropy(logits[0, :-1], lab.clamp(min=0), reduction="none")[lab != -100]
+    assert ce[:len(expected[0])].sum().item() == pytest.approx(first.item(), rel=1e-4)
+    assert both.item() > first.item()
+
+
+def test_exchanges_of_llava_records():
+    from meteor_cli.train.vlm_task import exchanges
+
+    rec = {"id": "r1", "conversations": [{"from": "human", "value": "<image>\nq1"}, {"from": "gpt", "value": "a1"},
+                                         {"from": "human", "value": "q2"}, {"from": "gpt", "value": "a2"},
+                                         {"from": "human", "value": "trailing"}]}
+    assert exchanges(rec, 0) == [("<image>\nq1", "a1"), ("q2", "a2")]
+    with pytest.raises(InvalidInputError, match="record r1 has no gpt turn"):
+        exchanges({"id": "r1", "conversations": rec["conversations"][:1]}, 0)
+    with pytest.raises(InvalidInputError, match="record r2 has no human turn"):
+        exchanges({"id": "r2", "conversations": [{"from": "gpt", "value": "a"}]}, 0)
+
+
 def test_visual_span_is_computed_from_the_prompt():
     m = MultiEncoderVLM(tiny_cfg(), synthvqa_tokenizer()).eval()
     inputs, vis = m.prepare(torch.rand(2, 3, 32, 32), ["<image>\nhow many?", "what color is the <image> circle ?"])

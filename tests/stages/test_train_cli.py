@@ -59,3 +59,12 @@ def test_bad_records(cli, synth, tmp_path):
     assert res.exit_code == ExitCode.INVALID_INPUT and f"record {recs[5]['id']} has no gpt turn" in res.stderr
     res = cli("train", "--model", "tiny", *BASE, "--freeze", "vision", "--out", "m3")
     assert res.exit_code == ExitCode.USAGE and "unknown part" in res.stderr
+
+
+def test_multi_turn_records_train(cli, tmp_path):
+    generate(tmp_path / "mt", n_train=8, n_eval=0, seed=0, turns=4)
+    res = cli("train", "--model", "tiny", *BASE[2:], "--data", "mt/train.json", "--max-steps", "2", "--out", "m",
+              "--json")
+    assert res.exit_code == 0, res.output
+    log = [json.loads(line) for line in (tmp_path / "m" / "train_log.jsonl").read_text().splitlines()]
+    assert len(log) == 2 and all(r["loss"] > 0 for r in log)
