@@ -47,6 +47,8 @@ def main(
         "--schedule", help="Per-point totals: geometric from the native count to --total, or explicit (--totals).")] = Schedule.geometric,
     totals: Annotated[str | None, typer.Option(
         "--totals", help="Explicit per-point totals, comma-separated (with --schedule explicit), e.g. 4302,2265,1193.")] = None,
+    stage1_method: Annotated[str, typer.Option(
+        "--stage1-method", help="Stage-1 policy: meteor, similarity, random, prumerge+ (`meteor list policies`).")] = "meteor",
     stage2_method: Annotated[str, typer.Option(
         "--stage2-method", help="Stage-2 policy: meteor (collaborative), separate, random (`meteor list policies`).")] = "meteor",
     model: Annotated[str | None, typer.Option(
@@ -77,13 +79,16 @@ def main(
         _check_model(model, art["encoders"])
     body = build_allocation(art.body, total=total, keep_ratio=keep_ratio, fusion_keep=fusion_keep,
                             strategy=strategy.value, totals=explicit)
+    from meteor_cli.pruning.stage1 import resolve_stage1_method
     from meteor_cli.registry import POLICIES, load_builtins_and_plugins
 
     load_builtins_and_plugins()
-    POLICIES.entry(stage2_method, stage=2)  # unknown names fail here, with suggestions
+    resolve_stage1_method(None, stage1_method)  # unknown names fail here, with suggestions
+    POLICIES.entry(stage2_method, stage=2)
     if stage2_method == "pre-projection":
         raise UsageError("pre-projection is a fusion architecture, not a token selection",
                          "set fusion = \"pre-projection\" in the model config instead")
+    body["stage1"]["method"] = stage1_method
     body["stage2"]["method"] = stage2_method
     result = make_artifact("meteor.allocation", body, inputs=[ranks])
     write_artifact(out, result)

@@ -46,7 +46,8 @@ import typer
 from meteor_cli.cli import _click as click
 
 from meteor_cli.devices import Device, parse_device, resolve_device, seed_everything
-from meteor_cli.errors import ExitCode, InputNotFoundError, InvalidInputError, MeteorError, NotBuiltError
+from meteor_cli.errors import (ExitCode, InputNotFoundError, InvalidInputError, MeteorError, NotBuiltError,
+                               UsageError)
 
 ParameterSource = click.ParameterSource
 F = TypeVar("F", bound=Callable[..., Any])
@@ -146,6 +147,18 @@ def not_built(command: str, what: str, issue: int | None = None) -> NotBuiltErro
 # --------------------------------------------------------------------------------------------
 
 COMMON_NAMES = ("device", "seed", "json_output", "verbose", "quiet", "config", "show_config")
+
+
+def stage1_method_for(allocation: Mapping[str, Any] | None, method: str | None) -> str | None:
+    """The Stage-1 policy ``--allocation`` and ``--stage1-method`` select (None without an
+    allocation), checked against the registry before any model is loaded."""
+    if allocation is None:
+        if method is not None:
+            raise UsageError("--stage1-method needs --allocation", "the Stage-1 budgets come from `meteor allocate`")
+        return None
+    from meteor_cli.pruning.stage1 import resolve_stage1_method
+
+    return resolve_stage1_method(allocation, method)
 
 
 def _config_callback(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:

@@ -17,7 +17,7 @@ from typing import Annotated
 
 import typer
 
-from meteor_cli.cli.common import Run, meteor_command
+from meteor_cli.cli.common import Run, meteor_command, stage1_method_for
 from meteor_cli.errors import UsageError
 
 
@@ -30,6 +30,8 @@ def main(
         "--image-root", help="Image directory (default: the benchmark directory).")] = None,
     allocation: Annotated[Path | None, typer.Option("--allocation", help="Stage 1–2 budgets (allocation artifact).")] = None,
     prune_llm: Annotated[Path | None, typer.Option("--prune-llm", help="Stage-3 settings (prune-llm artifact).")] = None,
+    stage1_method: Annotated[str | None, typer.Option(
+        "--stage1-method", help="Stage-1 policy (e.g. prumerge+; `meteor list policies`) instead of the allocation's.")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Questions per batch.")] = 1,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="Longest answer.")] = 16,
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="Evaluate only the first N questions.")] = None,
@@ -53,6 +55,7 @@ def main(
     load_builtins_and_plugins()
     bench = BENCHMARKS.get(benchmark)()
     alloc = read_artifact(allocation, "meteor.allocation", what="--allocation") if allocation else None
+    method1 = stage1_method_for(alloc.body if alloc else None, stage1_method)
     s3 = read_artifact(prune_llm, "meteor.prune-llm", what="--prune-llm") if prune_llm else None
     questions, answers = bench.load(data)
     if chunk_idx >= num_chunks:
@@ -61,7 +64,8 @@ def main(
     questions = questions[chunk_idx * size:(chunk_idx + 1) * size][:limit]
     run.seed_everything()
     vlm = load_model(model, run.device.torch, seed=run.seed)
-    stage3 = install_pruning(vlm, alloc.body if alloc else None, s3.body if s3 else None, seed=run.seed)
+    stage3 = install_pruning(vlm, alloc.body if alloc else None, s3.body if s3 else None, seed=run.seed,
+                             stage1_method=method1)
     with run.progress(total=len(questions), desc=f"eval {benchmark}", unit="q") as bar:
         rows = run_questions(vlm, questions, image_root or Path(data), stage3=stage3, batch_size=batch_size,
                              max_new_tokens=max_new_tokens, progress=bar.update)
@@ -80,7 +84,8 @@ def main(
         "metrics": {k: v for k, v in scores.items() if k != "per_sample"},
         "tokens": tokens, "latency": {"seconds_per_sample": sum(r["seconds"] for r in rows) / n,
                                       "batch_size": batch_size, "device": str(run.device)},
-        "settings": {"allocation": alloc.body if alloc else None, "prune_llm": s3.body if s3 else None,
+        "settings": {"allocation": alloc.body if alloc else None, "stage1_method": method1,
+                     "prune_llm": s3.body if s3 else None,
                      "generation": {"greedy": True, "max_new_tokens": max_new_tokens, "kv_cache": True,
                                     "stage3": "static (pruned once at prefill)"},
                      "num_chunks": num_chunks, "chunk_idx": chunk_idx, "limit": limit},

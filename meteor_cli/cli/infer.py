@@ -17,7 +17,7 @@ from typing import Annotated
 
 import typer
 
-from meteor_cli.cli.common import Run, meteor_command
+from meteor_cli.cli.common import Run, meteor_command, stage1_method_for
 from meteor_cli.errors import UsageError
 
 
@@ -30,6 +30,8 @@ def main(
     image_root: Annotated[Path | None, typer.Option("--image-root", help="Image directory for --questions (default: its directory).")] = None,
     allocation: Annotated[Path | None, typer.Option("--allocation", help="Stage 1–2 budgets (allocation artifact).")] = None,
     prune_llm: Annotated[Path | None, typer.Option("--prune-llm", help="Stage-3 settings (prune-llm artifact).")] = None,
+    stage1_method: Annotated[str | None, typer.Option(
+        "--stage1-method", help="Stage-1 policy (e.g. prumerge+; `meteor list policies`) instead of the allocation's.")] = None,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="Longest answer.")] = 128,
     temperature: Annotated[float, typer.Option("--temperature", min=0.0, help="0 = greedy decoding.")] = 0.0,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Questions per batch.")] = 1,
@@ -58,10 +60,11 @@ def main(
 
             raise InputNotFoundError(f"--image {p} does not exist")
     alloc = read_artifact(allocation, "meteor.allocation", what="--allocation").body if allocation else None
+    method1 = stage1_method_for(alloc, stage1_method)
     s3 = read_artifact(prune_llm, "meteor.prune-llm", what="--prune-llm").body if prune_llm else None
     run.seed_everything()
     vlm = load_model(model, run.device.torch, seed=run.seed)
-    stage3 = install_pruning(vlm, alloc, s3, seed=run.seed)
+    stage3 = install_pruning(vlm, alloc, s3, seed=run.seed, stage1_method=method1)
     with run.progress(total=len(qs), desc="infer", unit="q") as bar:
         rows = run_questions(vlm, qs, root, stage3=stage3, batch_size=batch_size, max_new_tokens=max_new_tokens,
                              temperature=temperature, progress=bar.update)

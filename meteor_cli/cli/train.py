@@ -17,7 +17,7 @@ from typing import Annotated
 
 import typer
 
-from meteor_cli.cli.common import Run, meteor_command
+from meteor_cli.cli.common import Run, meteor_command, stage1_method_for
 from meteor_cli.errors import UsageError
 
 PARTS = ("encoders", "projectors", "llm")
@@ -32,6 +32,8 @@ def main(
         "--image-root", help="Directory the records' `image` paths are relative to (default: the data file's directory).")] = None,
     allocation: Annotated[Path | None, typer.Option(
         "--allocation", help="Allocation artifact: train with Stage 1–2 pruning active (METEOR's training phase).")] = None,
+    stage1_method: Annotated[str | None, typer.Option(
+        "--stage1-method", help="Stage-1 policy (e.g. prumerge+; `meteor list policies`) instead of the allocation's.")] = None,
     epochs: Annotated[float, typer.Option("--epochs", min=0.0, help="Passes over the data.")] = 1.0,
     max_steps: Annotated[int | None, typer.Option("--max-steps", min=1, help="Stop after this many optimizer steps.")] = None,
     lr: Annotated[float, typer.Option("--lr", min=0.0, help="Peak learning rate (AdamW, cosine schedule).")] = 2e-5,
@@ -62,18 +64,17 @@ def main(
     if bad:
         raise UsageError(f"--freeze: unknown part(s) {bad}", f"choose from {', '.join(PARTS)}")
     alloc = read_artifact(allocation, "meteor.allocation", what="--allocation") if allocation else None
+    method1 = stage1_method_for(alloc.body if alloc else None, stage1_method)
     cfg = TrainConfig(lr=lr, warmup=warmup, epochs=epochs, max_steps=max_steps, batch_size=batch_size,
                       grad_accum=grad_accum, save_every=save_every, seed=run.seed,
                       autocast="bf16" if run.device.type != "cpu" else None)
     run.seed_everything()
     dist_info = init_distributed(run.device)
     vlm = _build(model, data, run.seed)
-    if alloc is not None:
-        from meteor_cli.pruning.stage1 import Stage1
-        from meteor_cli.pruning.stage2 import Stage2
+    if alloc is not None:  # the allocation's Stage-1 and Stage-2 policies (or --stage1-method)
+        from meteor_cli.eval.runner import install_pruning
 
-        vlm.stage1 = Stage1.from_allocation(alloc.body, vlm.encoders, seed=run.seed)
-        vlm.stage2 = Stage2(int(alloc["stage2"]["keep"]), seed=run.seed)
+        install_pruning(vlm, alloc.body, None, seed=run.seed, stage1_method=method1)
     for part in frozen:
         for p in getattr(vlm, part if part != "llm" else "llm").parameters():
             p.requires_grad_(False)

@@ -18,15 +18,18 @@ from meteor_cli.data.llava import load_image
 from meteor_cli.pruning.estimate import image_tensor
 
 
-def install_pruning(vlm: Any, allocation: dict[str, Any] | None, prune_llm: dict[str, Any] | None, seed: int = 0) -> Any:
-    """Hook Stages 1-2 from an allocation body into ``vlm``; return an LLMPruner (Stage 3) or None."""
-    from meteor_cli.pruning.stage1 import Stage1
+def install_pruning(vlm: Any, allocation: dict[str, Any] | None, prune_llm: dict[str, Any] | None, seed: int = 0,
+                    stage1_method: str | None = None) -> Any:
+    """Hook Stages 1-2 from an allocation body into ``vlm``; return an LLMPruner (Stage 3) or None.
+
+    ``stage1_method``: a registered Stage-1 policy overriding the allocation's ``stage1.method``.
+    """
+    from meteor_cli.pruning.stage1 import build_stage1
     from meteor_cli.pruning.stage2 import Stage2
 
     vlm.stage1 = vlm.stage2 = None
     if allocation is not None:
-        vlm.stage1 = Stage1.from_allocation(allocation, vlm.encoders, criterion=allocation["stage1"].get("criterion", "meteor"),
-                                            seed=seed)
+        vlm.stage1 = build_stage1(allocation, vlm.encoders, stage1_method, seed=seed)
         vlm.stage2 = Stage2(int(allocation["stage2"]["keep"]), allocation["stage2"].get("method", "meteor"), seed=seed)
     if prune_llm is None:
         return None

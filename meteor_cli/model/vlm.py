@@ -2,7 +2,8 @@
 
 Pruning stages plug in as hooks; the model does not know which policy runs:
 
-* ``stage1(name, j, state, adapter) -> idx (B, k) | None`` at each encoder pruning point j;
+* ``stage1(name, j, state, adapter) -> idx (B, k) | (idx, x (B, k, D)) | None`` at each encoder
+  pruning point j: the kept tokens (sorted indices), with their new values when a policy merges;
 * ``stage2(z (B, N, d), encoder_ids (N,), pos (B, N)) -> idx (B, K) | None`` on the fused tokens;
 * Stage 3 is an :class:`~meteor_cli.pruning.llm_pruner.LLMPruner` around the LLM's layers,
   opened per batch with the visual spans :meth:`MultiEncoderVLM.prepare` returns.
@@ -15,7 +16,7 @@ every final map resampled to a common grid, channels concatenated, one projector
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -52,7 +53,7 @@ class MultiEncoderVLM(nn.Module):
             self.projectors = nn.ModuleDict({e.name: mlp2x_gelu(e.width, d) for e in cfg.encoders})
         else:
             self.projectors = nn.ModuleDict({"fused": mlp2x_gelu(sum(e.width for e in cfg.encoders), d)})
-        self.stage1: Callable[..., torch.Tensor | None] | None = None
+        self.stage1: Callable[..., torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None] | None = None
         self.stage2: Callable[..., torch.Tensor | None] | None = None
 
     # -- vision --------------------------------------------------------------------------------
@@ -65,9 +66,12 @@ class MultiEncoderVLM(nn.Module):
             state = adapter.run_blocks(state, start, b + 1)
             start = b + 1
             if self.stage1 is not None:
-                idx = self.stage1(name, j, state, adapter)
-                if idx is not None:
+                kept = self.stage1(name, j, state, adapter)
+                if kept is not None:
+                    idx, x = kept if isinstance(kept, tuple) else (kept, None)
                     state = state.gather(idx)
+                    if x is not None:  # a merging policy (PruMerge+) updated the kept tokens' values
+                        state = replace(state, x=x)
         state = adapter.run_blocks(state, start, adapter.depth)
         return adapter.finalize(state)
 
