@@ -16,6 +16,9 @@ from meteor_cli.errors import ConfigError, InputNotFoundError
 
 FUSIONS = ("post-projection", "pre-projection")
 TEMPLATES = ("plain", "vicuna_v1", "llama3", "chatml")
+#: Encoder families that cannot drop tokens inside (convolutions, SAM's windows): Stage 1 prunes
+#: only their final map, so every pruning point is their last block (METHOD A2).
+OUTPUT_PRUNED = ("convnext", "sam")
 
 
 def default_prune_points(depth: int) -> list[int]:
@@ -29,18 +32,22 @@ class EncoderConfig:
 
     Attributes:
         name: unique name inside the model ("clip", "convnext", …); keys budgets and ranks.
-        family: registered encoder family (``meteor list encoders``): vit, convnext, clip.
+        family: registered encoder family (``meteor list encoders``): vit, clip, siglip, eva02,
+            convnext, pix2struct, sam.
         image_size: input side in pixels; must be a multiple of ``patch``.
-        patch: patch size (ViT/CLIP) or total stride (ConvNeXt: 32).
-        depth: number of blocks (ViT/CLIP) or stages (ConvNeXt).
-        width: hidden width of the output tokens.
-        heads: attention heads (ViT/CLIP).
-        mlp_ratio: MLP width / width (ViT/CLIP).
-        has_cls: whether a CLS token is prepended (kept out of budgets).
-        dims: ConvNeXt stage widths (``width`` must equal the last).
+        patch: patch size (transformers) or total stride (ConvNeXt: 32).
+        depth: number of blocks (transformers) or stages (ConvNeXt).
+        width: hidden width of the output tokens (SAM: the neck's output channels).
+        heads: attention heads (transformers).
+        mlp_ratio: MLP hidden width / width (EVA-02: the SwiGLU ratio, 8/3; Pix2Struct: d_ff / width).
+        has_cls: whether a CLS token is prepended (kept out of budgets); read by vit and eva02 — CLIP
+            always has one; ConvNeXt, SigLIP, Pix2Struct and SAM never do.
+        dims: ConvNeXt stage widths; SAM: [transformer width, width] (None: the transformer is
+            ``width`` wide). ``width`` must equal the last.
         stage_depths: ConvNeXt blocks per stage.
         weights: local weight file (timm) or directory (HF); None = random initialisation.
-        prune_points: 0-based blocks after which Stage 1 prunes; default round(L·j/3)−1.
+        prune_points: 0-based blocks after which Stage 1 prunes; default round(L·j/3)−1, and for
+            the families in :data:`OUTPUT_PRUNED` three times the last block (their final map).
         mean, std: input normalisation.
     """
 
@@ -66,12 +73,18 @@ class EncoderConfig:
                               f"use a multiple of {self.patch}")
         if self.depth < 1 or self.width < 1:
             raise ConfigError(f"{where}: depth and width must be positive")
+        output_only = self.family in OUTPUT_PRUNED
         if self.prune_points is None:
-            self.prune_points = [self.depth - 1] * 3 if self.family == "convnext" else default_prune_points(self.depth)
+            self.prune_points = [self.depth - 1] * 3 if output_only else default_prune_points(self.depth)
         if any(not 0 <= p < self.depth for p in self.prune_points) or sorted(self.prune_points) != self.prune_points:
             raise ConfigError(f"{where}.prune_points: {self.prune_points} must be ascending block indices in 0..{self.depth - 1}")
+        if output_only and any(p != self.depth - 1 for p in self.prune_points):
+            raise ConfigError(f"{where}.prune_points: {self.family} can only be pruned on its final map",
+                              f"use [{self.depth - 1}] once per pruning point")
         if self.family == "convnext" and (not self.dims or self.dims[-1] != self.width):
             raise ConfigError(f"{where}.dims: ConvNeXt needs stage widths ending in width {self.width}")
+        if self.family == "sam" and self.dims is not None and (len(self.dims) != 2 or self.dims[-1] != self.width):
+            raise ConfigError(f"{where}.dims: SAM takes [transformer width, width {self.width}], got {self.dims}")
 
     @property
     def grid(self) -> int:

@@ -8,6 +8,16 @@
 
 Both start from random weights and use a word-level tokenizer over SynthVQA's vocabulary
 (:func:`synthvqa_tokenizer`); ``meteor train`` rebuilds it from the training data.
+
+* ``eagle-x4`` — the shapes of EAGLE-X4 (METHOD §2.1), the model METEOR prunes: HF CLIP
+  ViT-L/14 at 448 px (32×32 tokens), timm ConvNeXt-XXLarge at 1024 px (32×32), timm EVA-02-L/16
+  at 1024 px (64×64; EAGLE's ``det-1024`` tower, global attention here, see
+  :mod:`~meteor_cli.model.encoders.eva02`), HF Pix2Struct-Large's encoder on a 45×45 grid
+  (720 px; EAGLE keeps its first 2025 patches) and Vicuna-7B's Llama shapes, ``vicuna_v1``
+  template, METEOR's post-projection fusion (``grid`` 32 for EAGLE's pre-projection baseline).
+  About 8.8 B parameters: meant for the meta device (``with torch.device("meta")``, to count
+  parameters and FLOPs) or as a template for a config whose ``weights`` / ``llm.path`` point at
+  local checkpoints.
 """
 
 from __future__ import annotations
@@ -73,4 +83,29 @@ def small(vocab: int | None = None) -> ModelConfig:
         ],
         llm=LLMConfig(hf_config=llama_config(vocab, 512, 8, 8, 4, 1408)),
         template="plain",
+    )
+
+
+#: Vicuna-7B v1.5 (Llama-2-7B shapes): untied embeddings, 4096 positions, Llama-2 special tokens.
+VICUNA_7B = {**llama_config(32000, 4096, 32, 32, 32, 11008), "max_position_embeddings": 4096, "rms_norm_eps": 1e-5,
+             "bos_token_id": 1, "eos_token_id": 2, "tie_word_embeddings": False}
+
+
+@register_preset("eagle-x4", description="EAGLE-X4 shapes: CLIP-L/14-448, ConvNeXt-XXL-1024, EVA-02-L/16-1024, "
+                 "Pix2Struct-L-720 (8169 visual tokens) + Vicuna-7B; 8.8 B parameters (meta device)")
+def eagle_x4(vocab: int | None = None) -> ModelConfig:
+    return ModelConfig(
+        encoders=[
+            EncoderConfig("clip", "clip", image_size=448, patch=14, depth=24, width=1024, heads=16,
+                          mean=CLIP_MEAN, std=CLIP_STD),
+            EncoderConfig("convnext", "convnext", image_size=1024, patch=32, depth=4, width=3072, has_cls=False,
+                          dims=[384, 768, 1536, 3072], stage_depths=[3, 4, 30, 3], mean=CLIP_MEAN, std=CLIP_STD),
+            EncoderConfig("eva02", "eva02", image_size=1024, patch=16, depth=24, width=1024, heads=16,
+                          mlp_ratio=4 * 2 / 3, has_cls=False, mean=CLIP_MEAN, std=CLIP_STD),
+            EncoderConfig("pix2struct", "pix2struct", image_size=720, patch=16, depth=18, width=1536, heads=24,
+                          mlp_ratio=3968 / 1536, has_cls=False),
+        ],
+        llm=LLMConfig(hf_config={**VICUNA_7B, "vocab_size": vocab or 32000}),
+        template="vicuna_v1",
+        grid=32,
     )

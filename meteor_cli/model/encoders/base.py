@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from meteor_cli.config import EncoderConfig
-from meteor_cli.errors import InputNotFoundError
+from meteor_cli.errors import ConfigError, InputNotFoundError
 
 
 @dataclass
@@ -28,7 +28,8 @@ class TokenState:
         prefix: (B, P, D) CLS/register tokens, or None.
         grid: (h, w) native grid.
         block_input: (B, P+N, D) the input of the last block run (for CLS attention), or None.
-        spatial: (B, C, H, W) map for convolutional encoders before they are flattened, or None.
+        spatial: the map of an encoder that can only be pruned at its output (ConvNeXt: (B, C, H, W);
+            SAM: (B, H, W, C), its own layout) while its blocks still run, or None.
     """
 
     x: torch.Tensor
@@ -77,12 +78,16 @@ class EncoderAdapter(nn.Module):
     def prune_points(self) -> list[int]:
         return list(self.cfg.prune_points or [])
 
-    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) floats in [0, 1] → resized to this encoder's size and normalised."""
+    def resize(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) → (B, 3, S, S) at this encoder's ``image_size`` (bilinear, antialiased)."""
         s = self.cfg.image_size
         if images.shape[-2:] != (s, s):
             images = nn.functional.interpolate(images, size=(s, s), mode="bilinear", align_corners=False, antialias=True)
-        return (images - self.mean) / self.std
+        return images
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) floats in [0, 1] → resized to this encoder's size and normalised."""
+        return (self.resize(images) - self.mean) / self.std
 
     def _start(self, x: torch.Tensor, prefix: torch.Tensor | None) -> TokenState:
         B, N, _ = x.shape
@@ -133,6 +138,24 @@ class EncoderAdapter(nn.Module):
             sd = torch.load(p, map_location="cpu", weights_only=True)
             sd = sd.get("state_dict", sd.get("model", sd)) if isinstance(sd, dict) else sd
         module.load_state_dict(sd, strict=True)
+
+    def load_hf(self, model_cls: type) -> nn.Module:
+        """``model_cls.from_pretrained(cfg.weights)`` from a local Hugging Face directory (SDPA attention)."""
+        from pathlib import Path
+
+        if not (Path(str(self.cfg.weights)) / "config.json").is_file():
+            raise InputNotFoundError(f"encoder {self.cfg.name}: {self.cfg.weights} is not a local Hugging Face "
+                                     f"directory (no config.json)",
+                                     "weights load from local files only; check encoders[].weights")
+        return model_cls.from_pretrained(self.cfg.weights, attn_implementation="sdpa")
+
+    def check_loaded(self, **found: int) -> None:
+        """A ConfigError naming the field where loaded weights disagree with this encoder's config."""
+        for name, value in found.items():
+            want = getattr(self.cfg, name)
+            if want != value:
+                raise ConfigError(f"encoder {self.cfg.name}: {name} is {want} but the weights in {self.cfg.weights} "
+                                  f"have {value}", f"set encoders[].{name} to {value}")
 
 
 def build_encoder(cfg: EncoderConfig) -> EncoderAdapter:

@@ -21,13 +21,10 @@ class CLIPAdapter(EncoderAdapter):
         from transformers import CLIPVisionConfig, CLIPVisionModel
 
         if cfg.weights:
-            from pathlib import Path
-
-            from meteor_cli.errors import InputNotFoundError
-
-            if not (Path(cfg.weights) / "config.json").is_file():
-                raise InputNotFoundError(f"encoder {cfg.name}: {cfg.weights} is not a local HF CLIP directory")
-            self.net = CLIPVisionModel.from_pretrained(cfg.weights)
+            self.net = self.load_hf(CLIPVisionModel)
+            c = self.net.config
+            self.check_loaded(width=c.hidden_size, depth=c.num_hidden_layers, image_size=c.image_size,
+                              patch=c.patch_size)
         else:
             hf = CLIPVisionConfig(hidden_size=cfg.width, intermediate_size=int(cfg.width * cfg.mlp_ratio),
                                   num_hidden_layers=cfg.depth, num_attention_heads=cfg.heads,
