@@ -27,7 +27,7 @@ def main(
     min_objects: Annotated[int, typer.Option("--min-objects", min=1, help="Fewest shapes per scene.")] = 1,
     max_objects: Annotated[int, typer.Option("--max-objects", min=1, help="Most shapes per scene.")] = 6,
     turns: Annotated[int, typer.Option(
-        "--turns", min=1, help="Questions per training image (a multi-turn conversation; OCR images have one).")] = 1,
+        "--turns", min=1, help="Questions per training image (a multi-turn conversation); evaluation stays single.")] = 1,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --out if it exists.")] = False,
     run: Run = None,  # type: ignore[assignment]
 ) -> None:

@@ -351,11 +351,21 @@ def make_item(seed: int, split: str, index: int, cfg: SynthConfig = SynthConfig(
     return _chart(rng, cfg)
 
 
+def _reading_question(rng: random.Random, text: str) -> tuple[str, str]:
+    """One sub-question of reading ``text``: a character at a position, or its length."""
+    kind = rng.choice(["first", "second", "last", "length"])
+    if kind == "length":
+        return "How many characters does the text have?", str(len(text))
+    char = {"first": text[0], "second": text[1], "last": text[-1]}[kind]
+    return f"What is the {kind} character of the text?", char
+
+
 def follow_up_questions(seed: int, split: str, index: int, item: Item, n: int) -> list[tuple[str, str]]:
     """Up to ``n`` more (question, answer) pairs about ``item``'s image, distinct from its question.
 
     Scenes of shapes get GQA-like and POPE-like (random negatives) questions alike, charts other
-    chart questions; an OCR image has a single question, so it gets none. Drawn from their own
+    chart questions, OCR images reading sub-questions (first, second or last character, length),
+    which teach reading one glyph at a time. Drawn from their own
     ``random.Random(f"{seed}/{split}/{index}/more")``, so the first question and the image are the
     same as without follow-ups. Training sets use them as multi-turn conversations (``--turns``):
     the image is encoded once for several supervised answers.
@@ -375,6 +385,8 @@ def follow_up_questions(seed: int, split: str, index: int, item: Item, n: int) -
         elif "values" in item.meta:
             labels, values = list(item.meta["values"]), list(item.meta["values"].values())
             q, a, _ = _chart_question(rng, labels, values)
+        elif "text" in item.meta:
+            q, a = _reading_question(rng, item.meta["text"])
         else:
             break
         if q not in seen:

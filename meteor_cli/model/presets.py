@@ -41,7 +41,7 @@ def llama_config(vocab: int, hidden: int, layers: int, heads: int, kv_heads: int
 @lru_cache(maxsize=1)
 def synthvqa_tokenizer():
     """Word tokenizer covering SynthVQA's questions and answers (deterministic)."""
-    from meteor_cli.data.synthvqa import SHORT_ANSWER, make_item
+    from meteor_cli.data.synthvqa import SHORT_ANSWER, follow_up_questions, make_item
     from meteor_cli.data.tokenizer import build_word_tokenizer
     from meteor_cli.model.llm import TEMPLATES
 
@@ -49,6 +49,7 @@ def synthvqa_tokenizer():
     for i in range(400):  # every question form and answer word occurs well within 400 items
         it = make_item(0, "vocab", i)
         texts += [it.question + SHORT_ANSWER, it.answer]
+        texts += [t for qa in follow_up_questions(0, "vocab", i, it, 4) for t in qa]
     texts += ["".join(chr(c) for c in range(ord("a"), ord("z") + 1)), " ".join("0123456789")]
     letters = [" ".join("abcdefghijklmnopqrstuvwxyz0123456789")]
     return build_word_tokenizer(texts, extra_texts=[t for pair in TEMPLATES.values() for t in pair] + letters)

@@ -130,10 +130,13 @@ def test_follow_up_questions_are_distinct_and_true():
         item = S.make_item(0, "train", i)
         more = S.follow_up_questions(0, "train", i, item, 6)
         assert len({q for q, _ in more} | {item.question}) == len(more) + 1
-        if item.family == "ocr":
-            assert more == []
-            continue
         assert len(more) >= 3
+        if item.family == "ocr":
+            text = item.meta["text"]
+            for q, a in more:
+                assert a == (str(len(text)) if q.startswith("How many") else
+                             {"first": text[0], "second": text[1], "last": text[-1]}[q.split()[3]])
+            continue
         for q, a in more:
             if "objects" in item.meta:
                 objs = item.meta["objects"]
@@ -167,6 +170,6 @@ def test_turns_make_conversations_without_changing_images_or_eval(tmp_path):
     for r1, r4 in zip(recs1, recs4):
         assert r4["conversations"][:2] == r1["conversations"]
         n = len(r4["conversations"]) // 2
-        assert n == (1 if r4["category"] == "ocr" else 4)
+        assert n == 4
         assert [t["from"] for t in r4["conversations"]] == ["human", "gpt"] * n
         assert all("<image>" not in t["value"] for t in r4["conversations"][2:])
