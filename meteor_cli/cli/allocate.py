@@ -80,14 +80,10 @@ def main(
     body = build_allocation(art.body, total=total, keep_ratio=keep_ratio, fusion_keep=fusion_keep,
                             strategy=strategy.value, totals=explicit)
     from meteor_cli.pruning.stage1 import resolve_stage1_method
-    from meteor_cli.registry import POLICIES, load_builtins_and_plugins
+    from meteor_cli.pruning.stage2 import resolve_stage2_method
 
-    load_builtins_and_plugins()
     resolve_stage1_method(None, stage1_method)  # unknown names fail here, with suggestions
-    POLICIES.entry(stage2_method, stage=2)
-    if stage2_method == "pre-projection":
-        raise UsageError("pre-projection is a fusion architecture, not a token selection",
-                         "set fusion = \"pre-projection\" in the model config instead")
+    resolve_stage2_method(None, stage2_method)  # likewise; pre-projection is refused (a fusion, not a selection)
     body["stage1"]["method"] = stage1_method
     body["stage2"]["method"] = stage2_method
     result = make_artifact("meteor.allocation", body, inputs=[ranks])

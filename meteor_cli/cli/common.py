@@ -151,13 +151,16 @@ COMMON_NAMES = ("device", "seed", "json_output", "verbose", "quiet", "config", "
 
 def stage1_method_for(allocation: Mapping[str, Any] | None, method: str | None) -> str | None:
     """The Stage-1 policy ``--allocation`` and ``--stage1-method`` select (None without an
-    allocation), checked against the registry before any model is loaded."""
+    allocation), checked against the registry before any model is loaded — as is the
+    allocation's Stage-2 method (``stage2.method``), so an unknown one fails early too."""
     if allocation is None:
         if method is not None:
             raise UsageError("--stage1-method needs --allocation", "the Stage-1 budgets come from `meteor allocate`")
         return None
     from meteor_cli.pruning.stage1 import resolve_stage1_method
+    from meteor_cli.pruning.stage2 import resolve_stage2_method
 
+    resolve_stage2_method(allocation)
     return resolve_stage1_method(allocation, method)
 
 

@@ -22,15 +22,16 @@ def install_pruning(vlm: Any, allocation: dict[str, Any] | None, prune_llm: dict
                     stage1_method: str | None = None) -> Any:
     """Hook Stages 1-2 from an allocation body into ``vlm``; return an LLMPruner (Stage 3) or None.
 
-    ``stage1_method``: a registered Stage-1 policy overriding the allocation's ``stage1.method``.
+    ``stage1_method``: a registered Stage-1 policy overriding the allocation's ``stage1.method``; Stage 2
+    runs the registered policy named by the allocation's ``stage2.method`` (default ``meteor``).
     """
     from meteor_cli.pruning.stage1 import build_stage1
-    from meteor_cli.pruning.stage2 import Stage2
+    from meteor_cli.pruning.stage2 import build_stage2
 
     vlm.stage1 = vlm.stage2 = None
     if allocation is not None:
         vlm.stage1 = build_stage1(allocation, vlm.encoders, stage1_method, seed=seed)
-        vlm.stage2 = Stage2(int(allocation["stage2"]["keep"]), allocation["stage2"].get("method", "meteor"), seed=seed)
+        vlm.stage2 = build_stage2(allocation, seed=seed)  # the registered policy of stage2.method
     if prune_llm is None:
         return None
     from meteor_cli.pruning.llm_policies import make_policy

@@ -15,15 +15,26 @@ Chunking does not change a single score bit-for-bit beyond float summation order
 selection is tested to be identical.
 
 Registered Stage-2 policies: ``meteor`` (collaborative), ``separate`` (intra-encoder
-redundancy with per-encoder quotas), ``random`` (seeded per sample).
+redundancy with per-encoder quotas), ``random`` (seeded per sample); plugins add more.
+
+A Stage-2 policy is registered as a function ``policy(z (B, N, d), encoder_ids (N,), keep, **options)
+-> Stage2Result`` (a bare (B, K) index tensor is accepted too). :class:`Stage2` looks the name up in
+the registry (:func:`resolve_stage2_method`: an unknown name is a :class:`UsageError` listing the
+registered ones) and passes each of its options (``reduce``, ``seed``, ``max_bytes``) only to a
+policy whose signature takes it. ``pre-projection`` is registered for discovery but is a fusion
+architecture, not a token selection (meta ``fusion=True``), so it cannot run as a Stage-2 policy.
 """
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
+from meteor_cli.errors import UsageError
 from meteor_cli.registry import register_policy
 
 
@@ -121,24 +132,77 @@ def random_prune(z: torch.Tensor, encoder_ids: torch.Tensor, keep: int, *, seed:
     return Stage2Result(idx, None, _counts(idx, encoder_ids, c))
 
 
+def resolve_stage2_method(allocation: Mapping[str, Any] | None = None, method: str | None = None) -> str:
+    """The Stage-2 policy to run: ``method`` if given, else the allocation's ``stage2.method``, else
+    ``meteor`` — checked against the registry (plugins included). An unknown name, or a registered
+    Stage-2 entry that is not a token selection (``pre-projection``), is a :class:`UsageError`
+    naming the registered Stage-2 policies."""
+    import difflib
+
+    from meteor_cli.registry import POLICIES, load_builtins_and_plugins
+
+    name = method or ((allocation or {}).get("stage2") or {}).get("method") or "meteor"
+    load_builtins_and_plugins()
+    entries = [e for e in POLICIES.entries() if e.meta.get("stage") == 2]
+    selections = sorted(e.name for e in entries if not e.meta.get("fusion"))
+    if any(e.name == name and e.meta.get("fusion") for e in entries):
+        raise UsageError(f"{name} is a fusion architecture, not a Stage-2 token selection",
+                         f"set fusion = \"{name}\" in the model config instead; Stage-2 policies: {', '.join(selections)}")
+    if name not in selections:
+        close = difflib.get_close_matches(name, selections, n=3)
+        guess = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
+        raise UsageError(f"unknown Stage-2 pruning policy {name!r}",
+                         f"{guess}registered Stage-2 policies: {', '.join(selections)} (`meteor list policies`)")
+    return name
+
+
+def _options_for(policy: Callable[..., Any], options: Mapping[str, Any]) -> dict[str, Any]:
+    """The subset of ``options`` that ``policy``'s signature accepts (all of them with ``**kwargs``)."""
+    try:
+        params = inspect.signature(policy).parameters.values()
+    except (TypeError, ValueError):  # no introspectable signature: pass nothing optional
+        return {}
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return dict(options)
+    names = {p.name for p in params if p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)}
+    return {k: v for k, v in options.items() if k in names}
+
+
 class Stage2:
-    """The ``stage2`` hook of :class:`~meteor_cli.model.vlm.MultiEncoderVLM`."""
+    """The ``stage2`` hook of :class:`~meteor_cli.model.vlm.MultiEncoderVLM`: runs the Stage-2
+    policy registered as ``method`` (built-in or from a plugin) with budget ``keep``.
+
+    Raises:
+        UsageError: ``method`` is not a registered Stage-2 token-selection policy.
+    """
 
     def __init__(self, keep: int, method: str = "meteor", *, reduce: str = "sum", seed: int = 0,
                  max_bytes: int = 256 << 20) -> None:
-        self.keep, self.method, self.reduce, self.seed, self.max_bytes = keep, method, reduce, seed, max_bytes
+        from meteor_cli.registry import POLICIES
+
+        self.keep, self.reduce, self.seed, self.max_bytes = keep, reduce, seed, max_bytes
+        self.method = resolve_stage2_method(None, method)
+        self.policy: Callable[..., Any] = POLICIES.get(self.method, stage=2)
+        self.options = _options_for(self.policy, {"reduce": reduce, "seed": seed, "max_bytes": max_bytes})
         self.last: Stage2Result | None = None
 
     def __call__(self, z: torch.Tensor, encoder_ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor | None:
         if self.keep >= z.shape[1]:
             return None
-        if self.method == "meteor":
-            self.last = collaborative_prune(z, encoder_ids, self.keep, reduce=self.reduce, max_bytes=self.max_bytes)
-        elif self.method == "separate":
-            self.last = separate_prune(z, encoder_ids, self.keep, max_bytes=self.max_bytes)
-        else:
-            self.last = random_prune(z, encoder_ids, self.keep, seed=self.seed)
-        return self.last.indices
+        res = self.policy(z, encoder_ids, self.keep, **self.options)
+        if isinstance(res, torch.Tensor):  # a policy that returns only the kept indices
+            res = Stage2Result(res, None, _counts(res, encoder_ids, int(encoder_ids.max()) + 1))
+        idx = res.indices
+        if idx.dim() != 2 or idx.shape[0] != z.shape[0]:
+            raise ValueError(f"Stage-2 policy {self.method!r} returned indices of shape {tuple(idx.shape)}; "
+                             f"expected ({z.shape[0]}, k)")
+        self.last = res
+        return idx
+
+
+def build_stage2(allocation: Mapping[str, Any], method: str | None = None, *, seed: int = 0) -> Stage2:
+    """The Stage-2 hook for ``allocation``'s ``stage2.keep``, running the policy :func:`resolve_stage2_method` picks."""
+    return Stage2(int(allocation["stage2"]["keep"]), resolve_stage2_method(allocation, method), seed=seed)
 
 
 register_policy("meteor", stage=2, description="collaborative: lowest summed similarity to the OTHER encoders' tokens")(
@@ -147,7 +211,7 @@ register_policy("separate", stage=2, description="intra-encoder redundancy, per-
 register_policy("random", stage=2, description="uniform random tokens, seeded per sample (baseline)")(random_prune)
 
 
-@register_policy("pre-projection", stage=2,
+@register_policy("pre-projection", stage=2, fusion=True,
                  description="EAGLE's channel-concatenation fusion (baseline); set fusion = \"pre-projection\" in the model config")
 def pre_projection_fusion() -> str:
     """Pre-projection fusion is a model architecture, not a token selection: every encoder's final
