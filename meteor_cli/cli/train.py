@@ -100,9 +100,9 @@ def _build(spec: str, data: Path, seed: int):
     """A preset gets a tokenizer built from the training text; checkpoints bring their own."""
     import torch
 
-    from meteor_cli.model.checkpoint import load_model, load_model_config
+    from meteor_cli.model.checkpoint import checkpoint_dir_of, load_model, load_model_config
 
-    if Path(spec).is_dir():
+    if checkpoint_dir_of(spec) is not None:
         return load_model(spec)
     cfg = load_model_config(spec)
     if cfg.llm.path:

@@ -103,14 +103,29 @@ def load_checkpoint(directory: str | os.PathLike[str], device: str | torch.devic
     return vlm.to(device).eval()
 
 
+def checkpoint_dir_of(spec: str) -> Path | None:
+    """The checkpoint directory ``spec`` names: a directory, or a preset that ships weights
+    (its factory returns a directory, e.g. ``tiny-synthvqa``); None for config-only presets and files."""
+    from meteor_cli.registry import PRESETS, load_builtins_and_plugins
+
+    if Path(spec).is_dir():
+        return Path(spec)
+    load_builtins_and_plugins()
+    if spec in PRESETS:
+        made = PRESETS.get(spec)()
+        return made if isinstance(made, Path) else None
+    return None
+
+
 def load_model_config(spec: str) -> ModelConfig:
     """The ModelConfig of a preset name, a checkpoint directory or a config JSON."""
     from meteor_cli.registry import PRESETS, load_builtins_and_plugins
 
     load_builtins_and_plugins()
-    p = Path(spec)
-    if p.is_dir():
+    p = checkpoint_dir_of(spec)
+    if p is not None:
         return read_config(p)
+    p = Path(spec)
     if p.suffix == ".json":
         return ModelConfig.from_file(p)
     if spec in PRESETS:
@@ -124,8 +139,9 @@ def load_model(spec: str, device: str | torch.device = "cpu", *, seed: int = 0) 
     from meteor_cli.model.presets import synthvqa_tokenizer
     from meteor_cli.model.vlm import MultiEncoderVLM
 
-    if Path(spec).is_dir():
-        return load_checkpoint(spec, device)
+    ckpt = checkpoint_dir_of(spec)
+    if ckpt is not None:
+        return load_checkpoint(ckpt, device)
     cfg = load_model_config(spec)
     tok = None
     if cfg.llm.path:
@@ -138,5 +154,5 @@ def load_model(spec: str, device: str | torch.device = "cpu", *, seed: int = 0) 
     return MultiEncoderVLM(cfg, tok).to(device).eval()
 
 
-__all__ = ["FORMAT", "load_checkpoint", "load_model", "load_model_config", "read_config", "save_checkpoint", "LLMConfig",
+__all__ = ["FORMAT", "checkpoint_dir_of", "load_checkpoint", "load_model", "load_model_config", "read_config", "save_checkpoint", "LLMConfig",
            "UsageError"]

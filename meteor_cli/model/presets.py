@@ -9,6 +9,11 @@
 Both start from random weights and use a word-level tokenizer over SynthVQA's vocabulary
 (:func:`synthvqa_tokenizer`); ``meteor train`` rebuilds it from the training data.
 
+* ``tiny-synthvqa`` — ``tiny`` pretrained on SynthVQA by ``meteor train`` itself (recipe:
+  ``python3 tasks.py pretrain-tiny``), shipped inside the package as a checkpoint directory
+  (float16 weights, loaded as float32). The preset every command can start from on a machine
+  without downloads: ``meteor eval --model tiny-synthvqa --data synthvqa``.
+
 * ``eagle-x4`` — the shapes of EAGLE-X4 (METHOD §2.1), the model METEOR prunes: HF CLIP
   ViT-L/14 at 448 px (32×32 tokens), timm ConvNeXt-XXLarge at 1024 px (32×32), timm EVA-02-L/16
   at 1024 px (64×64; EAGLE's ``det-1024`` tower, global attention here, see
@@ -23,6 +28,7 @@ Both start from random weights and use a word-level tokenizer over SynthVQA's vo
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 from meteor_cli.config import EncoderConfig, LLMConfig, ModelConfig
@@ -69,6 +75,21 @@ def tiny(vocab: int | None = None) -> ModelConfig:
         llm=LLMConfig(hf_config=llama_config(vocab, 192, 4, 8, 4, 512)),
         template="plain",
     )
+
+
+#: Where the embedded checkpoint lives (package data, see pyproject's package-data).
+TINY_SYNTHVQA = Path(__file__).resolve().parent.parent / "assets" / "tiny-synthvqa"
+
+
+@register_preset("tiny-synthvqa", description="tiny pretrained on SynthVQA (embedded checkpoint, no download)")
+def tiny_synthvqa() -> Path:
+    """A preset with weights: returns the checkpoint directory (see ``checkpoint_dir_of``)."""
+    from meteor_cli.errors import InputNotFoundError
+
+    if not (TINY_SYNTHVQA / "model.safetensors").is_file():
+        raise InputNotFoundError(f"the embedded checkpoint {TINY_SYNTHVQA} is missing from this installation",
+                                 "reinstall meteor, or train one: python3 tasks.py pretrain-tiny")
+    return TINY_SYNTHVQA
 
 
 @register_preset("small", description="ViT-224, CLIP-224, ConvNeXt-256 (516 visual tokens) + 8-layer Llama-512")
