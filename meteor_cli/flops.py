@@ -17,7 +17,28 @@ The exact ``macs`` count of a Llama-family layer (GQA-aware, SwiGLU with three m
 
 A ViT block with n tokens, width D and MLP width M: ``4nD² + 2n²D + 2nDM`` MACs (qkv, proj,
 two attention matmuls, two MLP matrices). Only matrix products are counted: norms, softmax,
-activations and residual adds are left out (each is O(n·d), under 1 % here), as fvcore does.
+activations, rotary embeddings and residual adds are left out (each is O(n·d), under 1 % here), as
+fvcore does.
+
+Vision encoders are counted by their registered adapter (:func:`encoder_macs` dispatches on
+``family`` through the encoder registry; each adapter class states its own cost with
+``embed_macs`` / ``block_macs`` / ``finalize_macs``, see
+:class:`~meteor_cli.model.encoders.base.EncoderAdapter`). With n tokens in a block (prefix
+included), width D, attention width A = heads·(D // heads), MLP width M and patch p:
+
+* ``vit``, ``clip``, ``siglip``: :func:`vit_block_macs` ``4nDA + 2n²A + 2nDM``; patch embedding
+  ``N·3p²·D``; CLIP always has a CLS token, SigLIP never.
+* ``eva02``: the same attention, SwiGLU MLP with three matrices: ``4nDA + 2n²A + 3nDM``.
+* ``pix2struct``: T5-style attention (A = heads·d_kv) and gated-GELU MLP (three matrices, M = d_ff):
+  ``4nDA + 2n²A + 3nDM``; the patch projection is a linear layer ``N·3p²·D``.
+* ``sam``: :func:`sam_block_macs` — windowed blocks work on the map zero-padded to a multiple
+  of the window (T tokens) with decomposed relative positions (two einsums); the neck adds
+  ``N·C·W + 9·N·W²`` (1×1 and 3×3 convolutions, C the transformer width, W = ``width``).
+* ``convnext``: :func:`convnext_macs`.
+
+Stage 1 shrinks the blocks after each pruning point (:func:`stage1_tokens`); SAM and ConvNeXt are
+pruned only on their final map, so their cost never changes. Stage-1/Stage-2 *scoring* (CLS rows,
+similarities) is not included.
 
 >>> dims = LLMDims(layers=32, hidden=4096, intermediate=11008, heads=32, kv_heads=32, vocab=32000)
 >>> round(llm_layer_macs(dims, 576, convention="fastv") / 1e9, 2)   # one Vicuna-7B layer, 576 tokens
@@ -33,7 +54,8 @@ from typing import Any
 CONVENTIONS = ("macs", "flops", "fastv")
 FORMULAS = {
     "fastv": "LLM layer: 4nd^2 + 2n^2d + 2ndm (FastV eq. 5); encoders/projectors: MACs",
-    "macs": "multiply-accumulates: Llama layer 2nd(H+Hkv)dh + 2Hn*n_ctx*dh + 3ndm; ViT block 4nD^2 + 2n^2D + 2nDM",
+    "macs": "multiply-accumulates: Llama layer 2nd(H+Hkv)dh + 2Hn*n_ctx*dh + 3ndm; ViT block 4nD^2 + 2n^2D + 2nDM "
+            "(per-family encoder formulas: meteor_cli.flops)",
     "flops": "2 x multiply-accumulates (same terms as macs)",
 }
 
@@ -99,14 +121,73 @@ def llm_decode(d: LLMDims, context: Sequence[float], new_tokens: int, *, convent
     return total
 
 
+def vit_block_macs(n: float, width: int, mlp: int, *, attn_dim: int | None = None, mlp_mats: int = 2) -> float:
+    """One pre-norm transformer block over ``n`` tokens, in MACs: q, k, v and output projections
+    ``4·n·width·attn_dim``, ``QKᵀ`` and ``AV`` ``2·n²·attn_dim``, an MLP of ``mlp_mats`` matrices
+    ``mlp_mats·n·width·mlp`` (2: fc1, fc2; 3: gated — SwiGLU, gated-GELU)."""
+    a = width if attn_dim is None else attn_dim
+    return 4 * n * width * a + 2 * n * n * a + mlp_mats * n * width * mlp
+
+
 def vit_macs(tokens_per_block: Sequence[float], width: int, mlp: int, *, patch: int = 0, channels: int = 3,
              n_embed: float | None = None, convention: str = "macs") -> float:
     """A ViT: patch embedding over ``n_embed`` patches, then one block per entry of
     ``tokens_per_block`` (tokens entering that block, so Stage-1 pruning shows up)."""
     _check(convention)
     embed = (n_embed if n_embed is not None else tokens_per_block[0]) * patch * patch * channels * width
-    blocks = sum(4 * n * width**2 + 2 * n * n * width + 2 * n * width * mlp for n in tokens_per_block)
+    blocks = sum(vit_block_macs(n, width, mlp) for n in tokens_per_block)
     macs = embed + blocks
+    return 2 * macs if convention == "flops" else macs
+
+
+def sam_block_macs(grid: int, width: int, mlp: int, window: int) -> float:
+    """One SAM (ViT-Det) block on a ``grid``×``grid`` map, in MACs; ``window`` 0 = global attention.
+
+    Windowed: the map is zero-padded to ``T = (⌈grid/window⌉·window)²`` tokens, cut into
+    window×window windows, and qkv, attention and the output projection run on all T (padding
+    included): ``4·T·width²`` + ``2·T·window²·width`` (``QKᵀ``, ``AV`` inside each window) +
+    ``2·T·window·width`` (decomposed relative positions: one einsum per axis). Global: T = grid²,
+    keys = grid², relative positions ``T·2·grid·width``. The MLP ``2·grid²·width·mlp`` runs on the
+    unpadded map.
+    """
+    if window:
+        side = -(-grid // window) * window
+        t, keys, rel = side * side, window * window, 2 * window
+    else:
+        t, keys, rel = grid * grid, grid * grid, 2 * grid
+    return 4 * t * width * width + 2 * t * keys * width + t * rel * width + 2 * grid * grid * width * mlp
+
+
+def stage1_tokens(num_tokens: int, depth: int, prune_points: Sequence[int],
+                  keep: Sequence[float] | None = None) -> tuple[list[float], float]:
+    """Patch tokens entering each block (prefix excluded), and those leaving the encoder, when
+    ``keep[j]`` tokens remain after block ``prune_points[j]`` (None: no pruning).
+
+    >>> stage1_tokens(16, 4, [0, 2, 3], [12, 8, 4])
+    ([16, 12, 12, 8], 4)
+    """
+    keep = [num_tokens] * len(prune_points) if keep is None else list(keep)
+    if len(keep) != len(prune_points):
+        raise ValueError(f"{len(keep)} budgets for {len(prune_points)} pruning points")
+    n, per_block, j = num_tokens, [], 0
+    for blk in range(depth):
+        per_block.append(n)
+        while j < len(prune_points) and prune_points[j] == blk:
+            n = min(n, keep[j])
+            j += 1
+    return per_block, n
+
+
+def encoder_macs(cfg: Any, keep: Sequence[float] | None = None, *, convention: str = "macs") -> float:
+    """An encoder of config ``cfg`` (an ``EncoderConfig``) with Stage-1 budgets ``keep`` (one per
+    pruning point; None: unpruned), counted by the adapter registered for ``cfg.family``
+    (``EncoderAdapter.macs``). Nothing is built: the count comes from the config alone."""
+    _check(convention)
+    from meteor_cli.registry import ENCODERS, load_builtins_and_plugins
+
+    load_builtins_and_plugins()
+    per_block, final = stage1_tokens(cfg.num_tokens, cfg.depth, cfg.prune_points or [], keep)
+    macs = ENCODERS.get(cfg.family).macs(cfg, per_block, final)
     return 2 * macs if convention == "flops" else macs
 
 
@@ -157,5 +238,6 @@ class FlopReport:
                 "components": self.by_component(), "total": self.total(), "notes": self.notes}
 
 
-__all__ = ["CONVENTIONS", "FORMULAS", "FlopReport", "LLMDims", "convnext_macs", "llm_decode", "llm_layer_macs",
-           "llm_prefill", "projector_macs", "vit_macs"]
+__all__ = ["CONVENTIONS", "FORMULAS", "FlopReport", "LLMDims", "convnext_macs", "encoder_macs", "llm_decode",
+           "llm_layer_macs", "llm_prefill", "projector_macs", "sam_block_macs", "stage1_tokens", "vit_block_macs",
+           "vit_macs"]

@@ -3,10 +3,14 @@
     meteor flops --model tiny
     meteor flops --model ckpt/ --allocation allocation.json --prune-llm prune-llm.json --convention fastv
 
-Counts are analytic (from the architecture, no tracing; cross-checked against
-``torch.utils.flop_counter`` in the tests). Stage-1 budgets shrink the blocks after each pruning
-point; Stage 3 uses the schedule's kept counts (``fixed``, ``fastv``, ``pdrop``), the measured
-per-layer means of a calibrated ``meteor`` schedule, or ``--stage3-kept``.
+Counts are analytic (from the config alone: no module is built, so ``--model eagle-x4`` costs
+nothing; cross-checked against ``torch.utils.flop_counter`` in the tests). Each encoder is counted
+by the adapter registered for its family (``meteor_cli.flops.encoder_macs``: ViT/CLIP/SigLIP
+blocks, EVA-02 and Pix2Struct with gated three-matrix MLPs, SAM's padded windows and neck,
+ConvNeXt's stages). Stage-1 budgets shrink the blocks after each pruning point (SAM and ConvNeXt
+are pruned only at their output, so their cost does not change); Stage 3 uses the schedule's kept
+counts (``fixed``, ``fastv``, ``pdrop``), the measured per-layer means of a calibrated ``meteor``
+schedule, or ``--stage3-kept``.
 """
 
 from __future__ import annotations
@@ -57,21 +61,11 @@ def count(vlm_cfg: Any, llm_cfg: dict[str, Any], alloc: dict[str, Any] | None, s
     d_llm = llm_cfg["hidden_size"]
     final: dict[str, int] = {}
     for e in vlm_cfg.encoders:
-        keep = alloc["stage1"]["encoders"][e.name]["keep"] if alloc else [e.num_tokens] * len(e.prune_points or [])
-        if e.family == "convnext":
-            rep.add(f"encoder/{e.name}", F.convnext_macs(e.image_size, e.stage_depths, e.dims, convention=convention),
-                    "convolutions always see the full grid")
-        else:
-            cls = 1 if e.has_cls else 0
-            n, per_block, j = e.num_tokens, [], 0
-            for blk in range(e.depth):
-                per_block.append(n + cls)
-                while j < len(e.prune_points) and e.prune_points[j] == blk:
-                    n = min(n, keep[j])
-                    j += 1
-            rep.add(f"encoder/{e.name}", F.vit_macs(per_block, e.width, int(e.width * e.mlp_ratio), patch=e.patch,
-                                                    n_embed=e.num_tokens, convention=convention))
-        final[e.name] = min(keep[-1], e.num_tokens) if keep else e.num_tokens
+        keep = alloc["stage1"]["encoders"][e.name]["keep"] if alloc else None
+        output_only = set(e.prune_points or []) == {e.depth - 1}
+        rep.add(f"encoder/{e.name}", F.encoder_macs(e, keep, convention=convention),
+                "pruned only on its final map: no saving inside" if output_only else None)
+        final[e.name] = int(F.stage1_tokens(e.num_tokens, e.depth, e.prune_points or [], keep)[1])
     if vlm_cfg.fusion == "post-projection":
         for e in vlm_cfg.encoders:
             rep.add(f"projector/{e.name}", F.projector_macs(final[e.name], e.width, d_llm, convention=convention))

@@ -43,3 +43,53 @@ def test_adaptive_schedule_needs_counts(cli, tmp_path):
     res = cli("flops", "--model", "tiny", "--prune-llm", "p.json")
     assert res.exit_code == ExitCode.USAGE and "--stage3-kept" in res.stderr
     assert cli("flops", "--model", "tiny", "--prune-llm", "p.json", "--stage3-kept", "50,20").exit_code == 0
+
+
+EAGLE_RANKS = {"method": "nuclear", "grid": 32, "encoders": {
+    "clip": {"points": [7, 15, 23], "rank": [0.60, 0.50, 0.40], "std": [0.01] * 3, "n_images": 10, "tokens": 1024},
+    "convnext": {"points": [3, 3, 3], "rank": [0.30, 0.30, 0.30], "std": [0.01] * 3, "n_images": 10, "tokens": 1024},
+    "eva02": {"points": [7, 15, 23], "rank": [0.20, 0.25, 0.10], "std": [0.01] * 3, "n_images": 10, "tokens": 4096},
+    "pix2struct": {"points": [5, 11, 17], "rank": [0.45, 0.35, 0.50], "std": [0.01] * 3, "n_images": 10,
+                   "tokens": 2025}}}
+
+
+def test_eagle_x4_per_encoder_counts_without_building_anything(cli, tmp_path, monkeypatch):
+    """Analytic from the config: no module (let alone 8.8 B parameters) is built; every encoder is
+    counted by its own family's cost model, and Stage-1 budgets shrink all but ConvNeXt."""
+    from meteor_cli.model.encoders.base import EncoderAdapter
+    from meteor_cli.model.vlm import MultiEncoderVLM
+    from meteor_cli.pruning.allocation import build_allocation
+    from meteor_cli.registry import PRESETS, load_builtins_and_plugins
+
+    def refuse(*a, **k):
+        raise AssertionError("meteor flops must not build modules")
+
+    monkeypatch.setattr(EncoderAdapter, "__init__", refuse)
+    monkeypatch.setattr(MultiEncoderVLM, "__init__", refuse)
+    load_builtins_and_plugins()
+    cfg = PRESETS.get("eagle-x4")().validate()
+    res = cli("flops", "--model", "eagle-x4", "--convention", "macs", "--json")
+    assert res.exit_code == 0, res.output
+    full = json.loads(res.stdout)
+    for e in cfg.encoders:
+        assert full["components"][f"encoder/{e.name}"] == F.encoder_macs(e)
+    assert full["visual_tokens"]["into_llm"] == 8169
+    # EVA-02 (SwiGLU) and Pix2Struct (gated GELU) have a third MLP matrix the plain ViT formula missed
+    eva = cfg.encoders[2]
+    assert full["components"]["encoder/eva02"] > F.vit_macs([4096] * 24, 1024, 2730, patch=16, n_embed=4096)
+
+    body = build_allocation(EAGLE_RANKS, total=1193, keep_ratio=None, fusion_keep=576, strategy="rank", totals=None)
+    A.write_artifact(tmp_path / "a.json", A.make_artifact("meteor.allocation", body))
+    res = cli("flops", "--model", "eagle-x4", "--allocation", "a.json", "--convention", "macs", "--json")
+    assert res.exit_code == 0, res.output
+    pruned = json.loads(res.stdout)
+    for e in cfg.encoders:
+        keep = body["stage1"]["encoders"][e.name]["keep"]
+        got = pruned["components"][f"encoder/{e.name}"]
+        assert got == F.encoder_macs(e, keep)
+        assert (got == full["components"][f"encoder/{e.name}"]) == (e.family == "convnext")
+        assert pruned["visual_tokens"]["per_encoder"][e.name] == keep[-1]
+    assert pruned["notes"]["encoder/convnext"].startswith("pruned only on its final map")
+    assert pruned["visual_tokens"]["into_llm"] == 576 and 0 < pruned["ratio"] < 1 and eva.depth == 24
+    human = cli("flops", "--model", "eagle-x4", "--allocation", "a.json")
+    assert human.exit_code == 0 and all(f"encoder/{e.name}" in human.stdout for e in cfg.encoders)

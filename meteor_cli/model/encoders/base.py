@@ -116,6 +116,49 @@ class EncoderAdapter(nn.Module):
         out.scatter_(1, state.pos.unsqueeze(-1).expand(-1, -1, D), state.x)
         return out.transpose(1, 2).reshape(B, D, h, w)
 
+    # -- analytic cost (``meteor flops``; classmethods: nothing is built) ------------------------
+    #
+    # ``macs(cfg, tokens, final)`` = ``embed_macs`` + Σ_b ``block_macs(b, tokens[b] + prefix)`` +
+    # ``finalize_macs(final)``: matrix products only, 1 per multiply-accumulate, exactly what
+    # ``torch.utils.flop_counter`` counts (÷ 2) for this adapter's forward with eager attention.
+    # The defaults describe a pre-norm ViT with a 3·p² → width patch embedding and a two-matrix
+    # MLP; an adapter whose module differs overrides the parts that differ (tests/model/test_encoder_flops.py).
+
+    @classmethod
+    def prefix_tokens(cls, cfg: EncoderConfig) -> int:
+        """Tokens in every block besides the patch tokens (CLS): ``has_cls`` by default."""
+        return 1 if cfg.has_cls else 0
+
+    @classmethod
+    def mlp_hidden(cls, cfg: EncoderConfig) -> int:
+        """The MLP's hidden width, as the adapter builds it."""
+        return int(cfg.width * cfg.mlp_ratio)
+
+    @classmethod
+    def embed_macs(cls, cfg: EncoderConfig) -> float:
+        """Patch embedding: a p×p/p convolution (or linear layer) from 3 channels to ``width``."""
+        return cfg.num_tokens * cfg.patch * cfg.patch * 3 * cfg.width
+
+    @classmethod
+    def block_macs(cls, cfg: EncoderConfig, block: int, n: float) -> float:
+        """Block ``block`` over ``n`` tokens (prefix included)."""
+        from meteor_cli.flops import vit_block_macs
+
+        return vit_block_macs(n, cfg.width, cls.mlp_hidden(cfg))
+
+    @classmethod
+    def finalize_macs(cls, cfg: EncoderConfig, n: float) -> float:
+        """What :meth:`finalize` costs for the ``n`` patch tokens that leave the last block (a norm: 0)."""
+        return 0.0
+
+    @classmethod
+    def macs(cls, cfg: EncoderConfig, tokens: list[float], final: float) -> float:
+        """MACs of embed → blocks → finalize when ``tokens[b]`` patch tokens enter block b and
+        ``final`` leave the encoder (:func:`meteor_cli.flops.stage1_tokens`)."""
+        p = cls.prefix_tokens(cfg)
+        return (cls.embed_macs(cfg) + sum(cls.block_macs(cfg, b, n + p) for b, n in enumerate(tokens))
+                + cls.finalize_macs(cfg, final))
+
     def forward_segments(self, pixels: torch.Tensor) -> TokenState:
         """Embed, all blocks, finalize — through the segment API, without pruning."""
         return self.finalize(self.run_blocks(self.embed(pixels), 0, self.depth))

@@ -31,6 +31,10 @@ class CLIPAdapter(EncoderAdapter):
                                   image_size=cfg.image_size, patch_size=cfg.patch)
             self.net = CLIPVisionModel._from_config(hf, attn_implementation="sdpa")
 
+    @classmethod
+    def prefix_tokens(cls, cfg: EncoderConfig) -> int:
+        return 1  # CLIP always prepends its class embedding (``has_cls`` is not read)
+
     def embed(self, pixels: torch.Tensor) -> TokenState:
         x = self.net.pre_layrnorm(self.net.embeddings(pixels))
         return self._start(x[:, 1:], x[:, :1])

@@ -24,6 +24,13 @@ class ConvNeXtAdapter(EncoderAdapter):
                             num_classes=0)
         self.load_weights(self.net, cfg.weights)
 
+    @classmethod
+    def macs(cls, cfg: EncoderConfig, tokens: list[float], final: float) -> float:
+        """:func:`meteor_cli.flops.convnext_macs`: the stages always see the full grid, whatever Stage 1 keeps."""
+        from meteor_cli.flops import convnext_macs
+
+        return convnext_macs(cfg.image_size, cfg.stage_depths or [1] * len(cfg.dims or []), cfg.dims or [])
+
     def embed(self, pixels: torch.Tensor) -> TokenState:
         spatial = self.net.stem(pixels)
         B = pixels.shape[0]

@@ -47,6 +47,15 @@ class EVA02Adapter(EncoderAdapter):
                        use_rot_pos_emb=True, ref_feat_shape=PRETRAIN_GRID, class_token=cfg.has_cls, num_classes=0)
         self.load_weights(self.net, cfg.weights)
 
+    @classmethod
+    def block_macs(cls, cfg: EncoderConfig, block: int, n: float) -> float:
+        """Separate q/k/v + output projections over ``heads·(width // heads)``, the n×n attention
+        (RoPE and the scale norm are element-wise), and SwiGLU's three matrices (fc1_g, fc1_x, fc2)."""
+        from meteor_cli.flops import vit_block_macs
+
+        return vit_block_macs(n, cfg.width, cls.mlp_hidden(cfg), attn_dim=cfg.heads * (cfg.width // cfg.heads),
+                              mlp_mats=3)
+
     def embed(self, pixels: torch.Tensor) -> TokenState:
         m = self.net
         x, _ = m._pos_embed(m.patch_embed(pixels))  # the table is re-read per segment (:meth:`rope`)

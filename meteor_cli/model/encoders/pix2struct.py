@@ -46,6 +46,20 @@ class Pix2StructAdapter(EncoderAdapter):
                                         num_hidden_layers=cfg.depth, num_attention_heads=cfg.heads, seq_len=SEQ_LEN)
             self.net = Pix2StructVisionModel._from_config(hf, attn_implementation="sdpa")
 
+    @classmethod
+    def prefix_tokens(cls, cfg: EncoderConfig) -> int:
+        return 0
+
+    @classmethod
+    def block_macs(cls, cfg: EncoderConfig, block: int, n: float) -> float:
+        """query/key/value/output over ``heads·d_kv`` (d_kv = width // heads), the n×n attention, and
+        the gated-GELU MLP's three matrices (wi_0, wi_1, wo; d_ff = :meth:`mlp_hidden`). The patch
+        projection (linear, 3·p² → width) is the default :meth:`embed_macs`."""
+        from meteor_cli.flops import vit_block_macs
+
+        return vit_block_macs(n, cfg.width, cls.mlp_hidden(cfg), attn_dim=cfg.heads * (cfg.width // cfg.heads),
+                              mlp_mats=3)
+
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """Resize, then standardise each image as ``Pix2StructImageProcessor.normalize`` does."""
         x = self.resize(images)

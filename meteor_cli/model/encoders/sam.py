@@ -20,6 +20,10 @@ SAM's layout at any size: windows cover the share of the grid that SAM's 14 cove
 (``round(grid·14/64)``), and the last block of every quarter attends globally (ViT-B 2, 5, 8, 11;
 ViT-L 5, 11, 17, 23; ViT-H 7, 15, 23, 31; only the last block below depth 4), weights drawn with
 std 0.02. ``weights`` is a local directory for ``from_pretrained``.
+
+``meteor flops`` counts SAM from the config with that same layout (padded windows, decomposed
+relative positions, neck convolutions: :func:`meteor_cli.flops.sam_block_macs`); SAM's released
+ViT-B/L/H checkpoints follow it (14-token windows on the 64×64 grid, the same global blocks).
 """
 
 from __future__ import annotations
@@ -67,6 +71,38 @@ class SAMAdapter(EncoderAdapter):
                                  image_size=cfg.image_size, patch_size=cfg.patch, window_size=sam_window(cfg.grid),
                                  global_attn_indexes=sam_global_blocks(cfg.depth), initializer_range=INIT_STD)
             self.net = SamVisionModel._from_config(hf, attn_implementation="sdpa")
+
+    # Cost: the blocks and the neck always run on the full map (Stage 1 prunes only the neck's output).
+
+    @classmethod
+    def prefix_tokens(cls, cfg: EncoderConfig) -> int:
+        return 0
+
+    @classmethod
+    def transformer_width(cls, cfg: EncoderConfig) -> int:
+        return cfg.dims[0] if cfg.dims else cfg.width
+
+    @classmethod
+    def mlp_hidden(cls, cfg: EncoderConfig) -> int:
+        return int(cls.transformer_width(cfg) * cfg.mlp_ratio)  # SamVisionConfig's mlp_dim
+
+    @classmethod
+    def embed_macs(cls, cfg: EncoderConfig) -> float:
+        return cfg.num_tokens * cfg.patch * cfg.patch * 3 * cls.transformer_width(cfg)
+
+    @classmethod
+    def block_macs(cls, cfg: EncoderConfig, block: int, n: float) -> float:
+        """:func:`meteor_cli.flops.sam_block_macs` on the full grid (``n`` is always the full map here):
+        windowed blocks padded to a multiple of :func:`sam_window`, global ones at :func:`sam_global_blocks`."""
+        from meteor_cli.flops import sam_block_macs
+
+        window = 0 if block in sam_global_blocks(cfg.depth) else sam_window(cfg.grid)
+        return sam_block_macs(cfg.grid, cls.transformer_width(cfg), cls.mlp_hidden(cfg), window)
+
+    @classmethod
+    def finalize_macs(cls, cfg: EncoderConfig, n: float) -> float:
+        """The neck on the full map: 1×1 conv (transformer width → width) and 3×3 conv (width → width)."""
+        return cfg.num_tokens * cfg.width * (cls.transformer_width(cfg) + 9 * cfg.width)
 
     def embed(self, pixels: torch.Tensor) -> TokenState:
         enc = self.net.vision_encoder

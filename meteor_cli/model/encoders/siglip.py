@@ -37,6 +37,10 @@ class SigLIPAdapter(EncoderAdapter):
                                     image_size=cfg.image_size, patch_size=cfg.patch, vision_use_head=False)
             self.net = SiglipVisionModel._from_config(hf, attn_implementation="sdpa")
 
+    @classmethod
+    def prefix_tokens(cls, cfg: EncoderConfig) -> int:
+        return 0  # no CLS token (cost otherwise the default ViT block; the pooling head is not built)
+
     def embed(self, pixels: torch.Tensor) -> TokenState:
         return self._start(self.net.embeddings(pixels), None)
 
