@@ -32,8 +32,17 @@ forward over prompt + generated tokens with the prefill's kept indices reproduce
 greedy decoding (the test of METHOD Part A's last invariant).
 
 Supported families: those whose decoder exposes ``layers``, ``rotary_emb`` and layers with
-``input_layernorm`` and ``self_attn.{q_proj,k_proj}`` (Llama/Vicuna, Qwen2, Mistral). Masks are
-passed as additive float tensors, which the ``eager`` and ``sdpa`` kernels accept.
+``input_layernorm`` and ``self_attn.{q_proj,k_proj}`` (Llama/Vicuna, Qwen2, Mistral).
+
+Masks after pruning are given to each layer in the form its attention kernel takes:
+
+* ``eager``, ``sdpa`` (and other kernels with 4-D masks): additive float (B, 1, q, K) masks;
+* the flash-attention family (``flash_attention_2/3/4`` and any implementation registered with
+  transformers' ``flash_attention_mask``): the 2-D (B, K) key-padding mask, ALWAYS passed even
+  when nothing is padded. FlashAttention is causal bottom-right within the unpadded tokens,
+  which is exactly the left-packed layout; and without a mask transformers would read the gaps
+  that pruning leaves in the position ids of a single sequence as *several packed sequences*
+  and cut the attention at every gap.
 """
 
 from __future__ import annotations
@@ -176,6 +185,19 @@ class PackedState:
                            g(self.source, -1)), index
 
 
+def takes_padding_masks(model: nn.Module) -> bool:
+    """True when ``model``'s attention takes 2-D key-padding masks (the flash-attention family)."""
+    impl = getattr(getattr(model, "config", None), "_attn_implementation", None) or ""
+    try:
+        from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, flash_attention_mask
+    except ImportError:  # pragma: no cover - older transformers
+        return "flash" in impl
+    try:
+        return ALL_MASK_ATTENTION_FUNCTIONS[impl] is flash_attention_mask
+    except KeyError:
+        return "flash" in impl
+
+
 def additive_mask(valid_keys: torch.Tensor, q_len: int, dtype: torch.dtype, causal_offset: int | None = None) -> torch.Tensor:
     """(B, 1, q, K) additive mask: keys must be valid and (causally) not after the query.
 
@@ -208,7 +230,7 @@ class Session:
     phase: str = "prefill"
     state: PackedState | None = None
     pos_emb: tuple[torch.Tensor, torch.Tensor] | None = None
-    mask4d: torch.Tensor | None = None
+    layer_mask: torch.Tensor | None = None  # what pruned layers get as attention_mask (see LLMPruner.mask)
     pruned: bool = False
     #: Layer → per-sample kept indices into the visual tokens entering that layer (ascending).
     kept: dict[int, list[torch.Tensor]] = field(default_factory=dict)
@@ -274,7 +296,7 @@ class _PrunableLayer(nn.Module):
         if self.index in pruner.policy.layers:
             hidden = pruner.prune(sess, self.index, hidden)
         if sess.pruned:
-            kwargs["attention_mask"] = sess.mask4d
+            kwargs["attention_mask"] = sess.layer_mask
             kwargs["position_ids"] = sess.state.position_ids
             kwargs["position_embeddings"] = sess.pos_emb
             sess.cache_valid[self.index] = sess.state.valid
@@ -289,7 +311,7 @@ class _PrunableLayer(nn.Module):
             valid = torch.cat([sess.cache_valid[self.index], torch.ones(hidden.shape[0], q, dtype=torch.bool,
                                                                         device=hidden.device)], dim=1)
             sess.cache_valid[self.index] = valid
-            kwargs["attention_mask"] = additive_mask(valid, q, hidden.dtype)
+            kwargs["attention_mask"] = self._pruner[0].mask(valid, q, hidden.dtype)
         return self.layer(hidden, *args, **kwargs)
 
 
@@ -310,6 +332,7 @@ class LLMPruner:
         self.decoder = decoder_of(model)
         self.num_layers = len(self.decoder.layers)
         self.policy = policy
+        self.padding_masks = takes_padding_masks(model)
         policy.validate(self.num_layers, self._num_heads())
         self.score_layers = {policy.score_layer(p) for p in policy.layers}
         self.current: Session | None = None
@@ -318,6 +341,12 @@ class LLMPruner:
 
     def _num_heads(self) -> int:
         return int(self.model.config.num_attention_heads)
+
+    def mask(self, valid_keys: torch.Tensor, q_len: int, dtype: torch.dtype) -> torch.Tensor:
+        """The attention mask of a pruned layer: (B, K) bool for flash kernels, else additive 4-D."""
+        if self.padding_masks:
+            return valid_keys
+        return additive_mask(valid_keys, q_len, dtype)
 
     def remove(self) -> None:
         """Put the original layers back."""
@@ -397,9 +426,10 @@ class LLMPruner:
         hidden = torch.gather(hidden, 1, index.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
         sess.state = new_state
         sess.pos_emb = self.decoder.rotary_emb(hidden, position_ids=new_state.position_ids)
-        sess.mask4d = additive_mask(new_state.valid, new_state.valid.shape[1], hidden.dtype)
+        sess.layer_mask = self.mask(new_state.valid, new_state.valid.shape[1], hidden.dtype)
         sess.pruned = True
         return hidden
 
 
-__all__ = ["LLMPruner", "PackedState", "Session", "additive_mask", "apply_rope", "decoder_of", "query_attention"]
+__all__ = ["LLMPruner", "PackedState", "Session", "additive_mask", "apply_rope", "decoder_of", "query_attention",
+           "takes_padding_masks"]
