@@ -85,8 +85,9 @@ TINY_SYNTHVQA = Path(__file__).resolve().parent.parent / "assets" / "tiny-synthv
 def tiny_synthvqa() -> Path:
     """A preset with weights: returns the checkpoint directory (see ``checkpoint_dir_of``)."""
     from meteor_cli.errors import InputNotFoundError
+    from meteor_cli.model.checkpoint import has_weights
 
-    if not (TINY_SYNTHVQA / "model.safetensors").is_file():
+    if not has_weights(TINY_SYNTHVQA):
         raise InputNotFoundError(f"the embedded checkpoint {TINY_SYNTHVQA} is missing from this installation",
                                  "reinstall meteor, or train one: python3 tasks.py pretrain-tiny")
     return TINY_SYNTHVQA

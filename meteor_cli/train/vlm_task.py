@@ -137,8 +137,8 @@ class VLMTask:
         write_checkpoint_files(model, directory)  # the loop makes the directory atomic
 
     def load(self, model: torch.nn.Module, directory: Path) -> None:
-        from safetensors.torch import load_file
+        from meteor_cli.model.checkpoint import read_weights
 
-        model.load_state_dict(load_file(str(directory / "model.safetensors")), strict=False)
+        model.load_state_dict(read_weights(directory), strict=False)
         if getattr(model.llm.config, "tie_word_embeddings", False):
             model.llm.tie_weights()

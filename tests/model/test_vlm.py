@@ -147,6 +147,22 @@ def test_save_load_identical_and_mismatch_named(tmp_path):
         load_checkpoint(tmp_path / "nothing")
 
 
+def test_sharded_checkpoint_round_trip(tmp_path):
+    torch.manual_seed(2)
+    m = MultiEncoderVLM(tiny_cfg(), synthvqa_tokenizer()).eval()
+    save_checkpoint(m, tmp_path / "ck", max_shard_bytes=200_000)
+    index = json.loads((tmp_path / "ck" / "model.safetensors.index.json").read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    assert len(shards) > 2 and not (tmp_path / "ck" / "model.safetensors").exists()
+    assert shards[0] == f"model-00001-of-{len(shards):05d}.safetensors"
+    back = load_checkpoint(tmp_path / "ck")
+    for (k, a), (_, b) in zip(m.state_dict().items(), back.state_dict().items()):
+        assert torch.equal(a, b), k
+    (tmp_path / "ck" / shards[1]).unlink()
+    with pytest.raises(InputNotFoundError, match=f"shard {shards[1]}"):
+        load_checkpoint(tmp_path / "ck")
+
+
 def test_config_errors_name_the_field(tmp_path):
     bad = tiny_cfg()
     bad.encoders[0].image_size = 30
