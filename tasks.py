@@ -87,6 +87,9 @@ def demo(args: list[str]) -> None:
        "--prune-llm", out / "prune-llm.json", "--limit", "20", "--out", out / "metrics.json")
     sh(meteor, "flops", "--model", out / "ckpt", "--allocation", out / "allocation.json", "--prune-llm",
        out / "prune-llm.json", "--out", out / "flops.json")
+    # The embedded model trained on SynthVQA (a few minutes of training above cannot compete with it).
+    sh(meteor, "eval", "--model", "tiny-synthvqa", "--data", out / "synthvqa", "--batch-size", "8",
+       "--out", out / "metrics-tiny-synthvqa.json")
     sh(meteor, "infer", "--model", out / "ckpt", "--questions", out / "synthvqa" / "eval" / "questions.jsonl",
        "--image-root", out / "synthvqa", "--max-new-tokens", "4", "--out", out / "answers.jsonl")
 
