@@ -57,7 +57,8 @@ def _describe_dir(path: Path) -> dict[str, Any]:
 @meteor_command("inspect")
 def main(
     artifact: Annotated[str, typer.Argument(
-        help="Artifact to show: JSON or safetensors file, checkpoint directory, or - for stdin.",
+        help="Artifact to show: JSON or safetensors file, checkpoint directory, a preset that ships weights "
+             "(tiny-synthvqa), or - for stdin.",
         metavar="ARTIFACT")],
     run: Run = None,  # type: ignore[assignment]
 ) -> None:
@@ -65,6 +66,10 @@ def main(
     from meteor_cli.artifacts import STDIO, read_artifact, sniff
 
     path = Path(artifact)
+    if artifact != STDIO and not path.exists():
+        from meteor_cli.model.checkpoint import checkpoint_dir_of
+
+        path = checkpoint_dir_of(artifact) or path  # a preset with weights names its checkpoint directory
     fmt = "json" if artifact == STDIO else sniff(path)
     if fmt == "json":
         art = read_artifact(artifact)

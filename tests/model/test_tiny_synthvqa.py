@@ -31,3 +31,10 @@ def test_embedded_model_answers_synthvqa(cli, tmp_path):
     m = json.loads((tmp_path / "m.json").read_text())["metrics"]
     fam = {k: v["accuracy"] for k, v in m["families"].items()}
     assert fam["general"] >= 60 and fam["chart"] >= 60 and m["mean"] >= 40, fam
+
+
+def test_inspect_takes_the_preset_name(cli):
+    res = cli("inspect", "tiny-synthvqa", "--json")
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert data["valid"] and "model.safetensors" in data["files"]
