@@ -23,20 +23,10 @@ from meteor_cli.model.encoders import build_encoder
 from meteor_cli.model.vlm import MultiEncoderVLM
 from meteor_cli.registry import ENCODERS, PRESETS, load_builtins_and_plugins
 
-TINY = {
-    "vit": EncoderConfig("vit", "vit", image_size=32, patch=8, depth=3, width=32, heads=2),
-    "clip": EncoderConfig("clip", "clip", image_size=32, patch=8, depth=3, width=32, heads=2),
-    "siglip": EncoderConfig("siglip", "siglip", image_size=32, patch=8, depth=3, width=32, heads=2, has_cls=False),
-    "eva02": EncoderConfig("eva02", "eva02", image_size=32, patch=8, depth=3, width=32, heads=2, mlp_ratio=8 / 3),
-    "convnext": EncoderConfig("convnext", "convnext", image_size=64, patch=32, depth=4, width=32, has_cls=False,
-                              dims=[8, 16, 24, 32], stage_depths=[1, 2, 1, 1]),
-    # d_ff 120 (mlp_ratio 2.5); 4 heads × d_kv 12
-    "pix2struct": EncoderConfig("pix2struct", "pix2struct", image_size=48, patch=8, depth=3, width=48, heads=4,
-                                mlp_ratio=2.5, has_cls=False),
-    # grid 8: 2×2 windows in blocks 0-1, global attention in block 2; transformer 48 wide, neck 32
-    "sam": EncoderConfig("sam", "sam", image_size=64, patch=8, depth=3, width=32, heads=2, has_cls=False,
-                         dims=[48, 32]),
-}
+from .test_encoders import TINY as ENCODER_TINY
+
+# The encoder configs of test_encoders.py, with a 2-block ConvNeXt stage so per-block counting is exercised.
+TINY = {**ENCODER_TINY, "convnext": replace(ENCODER_TINY["convnext"], stage_depths=[1, 2, 1, 1])}
 CASES = {
     **{f: {} for f in TINY},
     "vit-no-cls": {"family": "vit", "has_cls": False},
