@@ -37,6 +37,8 @@ def main(
     epochs: Annotated[float, typer.Option("--epochs", min=0.0, help="Passes over the data.")] = 1.0,
     max_steps: Annotated[int | None, typer.Option("--max-steps", min=1, help="Stop after this many optimizer steps.")] = None,
     lr: Annotated[float, typer.Option("--lr", min=0.0, help="Peak learning rate (AdamW, cosine schedule).")] = 2e-5,
+    weight_decay: Annotated[float, typer.Option(
+        "--weight-decay", min=0.0, help="AdamW weight decay on weight matrices (not norms, biases, embeddings).")] = 0.0,
     warmup: Annotated[float, typer.Option("--warmup", min=0.0, max=1.0, help="Warm-up fraction of the steps.")] = 0.03,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Samples per process per micro-batch.")] = 4,
     grad_accum: Annotated[int, typer.Option("--grad-accum", min=1, help="Micro-batches per optimizer step.")] = 1,
@@ -65,7 +67,8 @@ def main(
         raise UsageError(f"--freeze: unknown part(s) {bad}", f"choose from {', '.join(PARTS)}")
     alloc = read_artifact(allocation, "meteor.allocation", what="--allocation") if allocation else None
     method1 = stage1_method_for(alloc.body if alloc else None, stage1_method)
-    cfg = TrainConfig(lr=lr, warmup=warmup, epochs=epochs, max_steps=max_steps, batch_size=batch_size,
+    cfg = TrainConfig(lr=lr, weight_decay=weight_decay, warmup=warmup, epochs=epochs, max_steps=max_steps,
+                      batch_size=batch_size,
                       grad_accum=grad_accum, save_every=save_every, seed=run.seed,
                       autocast="bf16" if run.device.type != "cpu" else None)
     run.seed_everything()

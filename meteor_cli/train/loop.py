@@ -85,6 +85,22 @@ class TrainTask(Protocol):
         """Load weights written by :meth:`save` into ``model`` (in place, exactly)."""
 
 
+def decay_groups(model: nn.Module, params: list[nn.Parameter], weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW parameter groups: weight decay on matrices only (not biases, norms or embeddings).
+
+    The usual split for transformers: decaying a norm's gain or a token embedding shrinks what
+    the model cannot re-scale elsewhere. One group when ``weight_decay`` is 0 (the default).
+    """
+    if not weight_decay:
+        return [{"params": params, "weight_decay": 0.0}]
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    chosen = {id(p) for p in params}
+    decay, rest = [], []
+    for p in dict.fromkeys(p for p in model.parameters() if id(p) in chosen):
+        (decay if p.ndim >= 2 and id(p) not in embeddings else rest).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+
+
 @dataclass
 class TrainConfig:
     """Optimisation settings (EAGLE's SFT recipe is lr 2e-5, warm-up 3 %, weight decay 0)."""
@@ -196,7 +212,7 @@ class Trainer:
         if not trainable:
             raise UsageError("nothing to train: every parameter is frozen", "loosen --freeze")
         self.trainable = trainable
-        self.optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+        self.optimizer = torch.optim.AdamW(decay_groups(model, trainable, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas)
         self.ddp_model: nn.Module = model
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel

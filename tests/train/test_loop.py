@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from meteor_cli.errors import PreemptedError
-from meteor_cli.train.loop import DistInfo, TrainConfig, Trainer, TrainingDivergedError, lr_at
+from meteor_cli.train.loop import DistInfo, TrainConfig, Trainer, TrainingDivergedError, decay_groups, lr_at
 
 
 class ToyTask:
@@ -85,6 +85,25 @@ def test_loss_decreases_and_log_is_written(tmp_path):
     assert [r["step"] for r in lines] == list(range(1, 31))
     assert {"loss", "lr", "samples_per_s", "grad_norm", "epoch"} <= set(lines[0])
     assert (tmp_path / "model.safetensors").is_file() and (tmp_path / "config.json").is_file()
+
+
+def test_weight_decay_shrinks_matrices_only():
+    model = nn.Sequential(nn.Embedding(5, 4), nn.Linear(4, 4), nn.LayerNorm(4))
+    params = list(model.parameters())
+    assert decay_groups(model, params, 0.0) == [{"params": params, "weight_decay": 0.0}]
+    decay, rest = decay_groups(model, params, 0.1)
+    assert decay["weight_decay"] == 0.1 and [p is model[1].weight for p in decay["params"]] == [True]
+    assert {id(p) for p in rest["params"]} == {id(model[0].weight), id(model[1].bias), id(model[2].weight),
+                                                id(model[2].bias)}
+    # With no gradient signal, one AdamW step shrinks exactly the decayed matrix, by lr * wd.
+    opt = torch.optim.AdamW(decay_groups(model, params, 0.5), lr=0.1)
+    before = [p.detach().clone() for p in params]
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    for p, b in zip(params, before):
+        expected = b * (1 - 0.1 * 0.5) if p is model[1].weight else b
+        assert torch.allclose(p.detach(), expected)
 
 
 def test_grad_accumulation_equals_a_bigger_batch(tmp_path):
