@@ -57,7 +57,7 @@ from typing import Any
 
 from meteor_cli.errors import UsageError
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: OCR training conversations may read glyph by glyph first
 FAMILIES = ("general", "hallucination", "ocr", "chart")
 POPE_CATEGORIES = ("random", "popular", "adversarial")
 SHORT_ANSWER = "\nAnswer the question using a single word or phrase."
@@ -395,6 +395,22 @@ def follow_up_questions(seed: int, split: str, index: int, item: Item, n: int) -
     return out
 
 
+def conversation(seed: int, split: str, index: int, item: Item, turns: int) -> list[tuple[str, str]]:
+    """The (question, answer) turns of training record ``index``: its question, then follow-ups.
+
+    One exception: half of the OCR records (a coin drawn from
+    ``random.Random(f"{seed}/{split}/{index}/order")``) ask the reading sub-questions *before*
+    the full read. Asked after it, "What is the first character of the text?" is answered by
+    copying from the conversation, not by looking at the image; asked first, each one is a
+    one-glyph reading task. The other half keeps the evaluation's order (full read first).
+    """
+    first = (item.question, item.answer)
+    more = follow_up_questions(seed, split, index, item, turns - 1) if turns > 1 else []
+    if more and item.family == "ocr" and random.Random(f"{seed}/{split}/{index}/order").random() < 0.5:
+        return [*more, first]
+    return [first, *more]
+
+
 # --------------------------------------------------------------------------------------------
 # Writing the benchmark
 # --------------------------------------------------------------------------------------------
@@ -442,10 +458,10 @@ def generate(
                 counts[split][item.family] += 1
                 qid = f"{split}-{i:06d}"
                 if split == "train":
-                    conv = [{"from": "human", "value": f"<image>\n{item.question}{SHORT_ANSWER}"},
-                            {"from": "gpt", "value": item.answer}]
-                    for q, a in follow_up_questions(seed, split, i, item, turns - 1) if turns > 1 else ():
+                    conv = []
+                    for q, a in conversation(seed, split, i, item, turns):
                         conv += [{"from": "human", "value": f"{q}{SHORT_ANSWER}"}, {"from": "gpt", "value": a}]
+                    conv[0]["value"] = "<image>\n" + conv[0]["value"]
                     train.append({"id": qid, "image": rel, "category": item.family, "subcategory": item.subcategory,
                                   "conversations": conv})
                 else:
@@ -468,5 +484,5 @@ def generate(
     return manifest
 
 
-__all__ = ["FAMILIES", "POPE_CATEGORIES", "SynthConfig", "Item", "follow_up_questions", "generate", "make_item",
-           "object_statistics", "spell"]
+__all__ = ["FAMILIES", "POPE_CATEGORIES", "SynthConfig", "Item", "conversation", "follow_up_questions", "generate",
+           "make_item", "object_statistics", "spell"]

@@ -168,8 +168,30 @@ def test_turns_make_conversations_without_changing_images_or_eval(tmp_path):
     recs1 = json.loads((tmp_path / "one" / "train.json").read_text())
     recs4 = json.loads((tmp_path / "many" / "train.json").read_text())
     for r1, r4 in zip(recs1, recs4):
-        assert r4["conversations"][:2] == r1["conversations"]
-        n = len(r4["conversations"]) // 2
+        conv = r4["conversations"]
+        n = len(conv) // 2
         assert n == 4
-        assert [t["from"] for t in r4["conversations"]] == ["human", "gpt"] * n
-        assert all("<image>" not in t["value"] for t in r4["conversations"][2:])
+        assert [t["from"] for t in conv] == ["human", "gpt"] * n
+        assert conv[0]["value"].startswith("<image>\n") and all("<image>" not in t["value"] for t in conv[1:])
+        question, answer = r1["conversations"][0]["value"].removeprefix("<image>\n"), r1["conversations"][1]["value"]
+        pairs = [(conv[k]["value"].removeprefix("<image>\n"), conv[k + 1]["value"]) for k in range(0, len(conv), 2)]
+        # The single-turn question is the first turn, or for reading-first OCR records the last.
+        assert pairs[0] == (question, answer) or (r4["category"] == "ocr" and pairs[-1] == (question, answer))
+
+
+def test_half_the_ocr_conversations_read_glyph_by_glyph_before_the_full_read():
+    """Asked after the full read, "first character" is a copy; asked first, it is a reading task."""
+    firsts = []
+    for i in range(2, 400, 4):  # OCR items
+        item = S.make_item(0, "train", i)
+        conv = S.conversation(0, "train", i, item, 5)
+        assert item.family == "ocr" and len(conv) == 5 and (item.question, item.answer) in conv
+        read_first = conv[0] == (item.question, item.answer)
+        assert read_first or conv[-1] == (item.question, item.answer)
+        firsts.append(read_first)
+    assert 0.35 < sum(firsts) / len(firsts) < 0.65
+    # Other families keep the evaluation's question first.
+    item = S.make_item(0, "train", 0)
+    assert S.conversation(0, "train", 0, item, 5)[0] == (item.question, item.answer)
+    assert S.conversation(0, "train", 2, S.make_item(0, "train", 2), 1) == [(S.make_item(0, "train", 2).question,
+                                                                            S.make_item(0, "train", 2).answer)]
