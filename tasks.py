@@ -115,7 +115,11 @@ def pretrain_tiny(args: list[str]) -> None:
     the image is encoded once for every answer), the `tiny` preset from scratch, AdamW 1e-3, batch
     16, cosine with 3 % warm-up, 2.5 epochs (7.8k steps, ~97 min on 2 cores), runs/tiny-synthvqa/.
     Phase 2: 2k more steps at 5e-4 on 40k fresh images (seed 1) from phase 1, ~21 min,
-    runs/tiny-synthvqa-c2/. `python3 tasks.py embed-tiny runs/tiny-synthvqa-c2` ships it.
+    runs/tiny-synthvqa-c2/.
+    Phase 3: 5.5k more steps at 5e-4 with weight decay 0.05 on 50k fresh images (seed 2) from
+    phase 2, ~53 min, runs/tiny-synthvqa-c3/. `python3 tasks.py embed-tiny runs/tiny-synthvqa-c3`
+    ships it. (The shipped phases 1-2 used SynthVQA generator v1, whose OCR conversations always
+    asked the full read first; v2 differs only in that.)
     """
     venv()
     meteor = BIN / "meteor"
@@ -126,6 +130,9 @@ def pretrain_tiny(args: list[str]) -> None:
          ["--model", "tiny", "--lr", "1e-3", "--epochs", "2.5", "--save-every", "200"]),
         (runs / "synthvqa-s1", ["--train", "40000", "--eval", "0", "--seed", "1"], runs / "tiny-synthvqa-c2",
          ["--model", str(runs / "tiny-synthvqa"), "--lr", "5e-4", "--max-steps", "2000", "--save-every", "500"]),
+        (runs / "synthvqa-s2", ["--train", "50000", "--eval", "0", "--seed", "2"], runs / "tiny-synthvqa-c3",
+         ["--model", str(runs / "tiny-synthvqa-c2"), "--lr", "5e-4", "--weight-decay", "0.05", "--max-steps", "5500",
+          "--save-every", "500"]),
     ]
     for data, synth_args, out, train_args in phases:
         if (out / "model.safetensors").is_file():
@@ -138,9 +145,9 @@ def pretrain_tiny(args: list[str]) -> None:
 
 
 def embed_tiny(args: list[str]) -> None:
-    """Copy a trained checkpoint (default runs/tiny-synthvqa) into the package as float16 weights."""
+    """Copy a trained checkpoint (default runs/tiny-synthvqa-c3, the recipe's last phase) into the package as float16 weights."""
     venv()
-    src = Path(args[0]) if args else ROOT / "runs" / "tiny-synthvqa"
+    src = Path(args[0]) if args else ROOT / "runs" / "tiny-synthvqa-c3"
     code = (
         "import sys, shutil, torch\n"
         "from pathlib import Path\n"
