@@ -23,15 +23,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from meteor_cli.data.synthvqa import SHORT_ANSWER, make_item, spell  # noqa: E402
+from meteor_cli.data.synthvqa import READING_KINDS, SHORT_ANSWER, make_item, reading_question  # noqa: E402
 
-KINDS = {
-    "full": None,  # the evaluation's own question
-    "first": ("What is the first character of the text?", lambda t: t[0]),
-    "second": ("What is the second character of the text?", lambda t: t[1]),
-    "last": ("What is the last character of the text?", lambda t: t[-1]),
-    "length": ("How many characters does the text have?", lambda t: str(len(t))),
-}
+KINDS = ("full", *READING_KINDS)  # "full": the evaluation's own question
 
 
 def build(data: Path, out: Path, limit: int) -> int:
@@ -44,8 +38,8 @@ def build(data: Path, out: Path, limit: int) -> int:
         index = int(q["question_id"].rsplit("-", 1)[1])
         item = make_item(manifest["seed"], "eval", index)
         text = item.meta["text"]
-        for kind, spec in KINDS.items():
-            question, answer = (item.question, spell(text)) if spec is None else (spec[0], spec[1](text))
+        for kind in KINDS:
+            question, answer = (item.question, item.answer) if kind == "full" else reading_question(text, kind)
             sub = f"{kind}/{item.subcategory}"
             qid = f"{q['question_id']}/{kind}"
             qs.append({"question_id": qid, "image": q["image"], "text": question + SHORT_ANSWER,
@@ -60,7 +54,7 @@ def build(data: Path, out: Path, limit: int) -> int:
 
 
 def report(out: Path) -> dict:
-    truth = {json.loads(x)["question_id"]: json.loads(x) for x in (out / "set" / "eval" / "answers.jsonl").open()}
+    truth = {r["question_id"]: r for r in map(json.loads, (out / "set" / "eval" / "answers.jsonl").open())}
     by = defaultdict(list)
     for line in (out / "samples.jsonl").open():
         s = json.loads(line)

@@ -23,7 +23,7 @@ def test_reading_questions_are_true_and_collapse_is_reported(tmp_path):
     generate(tmp_path / "sv", n_train=0, n_eval=12, seed=5)
     assert mod.build(tmp_path / "sv", tmp_path / "out", 2) == 2
     qs = [json.loads(x) for x in (tmp_path / "out" / "set" / "eval" / "questions.jsonl").open()]
-    ans = {json.loads(x)["question_id"]: json.loads(x)["text"] for x in (tmp_path / "out" / "set" / "eval" / "answers.jsonl").open()}
+    ans = {r["question_id"]: r["text"] for r in map(json.loads, (tmp_path / "out" / "set" / "eval" / "answers.jsonl").open())}
     assert len(qs) == 10 and [q["question_id"].split("/")[1] for q in qs[:5]] == list(mod.KINDS)
     for q in qs:
         base, kind = q["question_id"].split("/")

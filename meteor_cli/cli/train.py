@@ -68,8 +68,7 @@ def main(
     alloc = read_artifact(allocation, "meteor.allocation", what="--allocation") if allocation else None
     method1 = stage1_method_for(alloc.body if alloc else None, stage1_method)
     cfg = TrainConfig(lr=lr, weight_decay=weight_decay, warmup=warmup, epochs=epochs, max_steps=max_steps,
-                      batch_size=batch_size,
-                      grad_accum=grad_accum, save_every=save_every, seed=run.seed,
+                      batch_size=batch_size, grad_accum=grad_accum, save_every=save_every, seed=run.seed,
                       autocast="bf16" if run.device.type != "cpu" else None)
     run.seed_everything()
     dist_info = init_distributed(run.device)

@@ -351,13 +351,20 @@ def make_item(seed: int, split: str, index: int, cfg: SynthConfig = SynthConfig(
     return _chart(rng, cfg)
 
 
-def _reading_question(rng: random.Random, text: str) -> tuple[str, str]:
-    """One sub-question of reading ``text``: a character at a position, or its length."""
-    kind = rng.choice(["first", "second", "last", "length"])
+READING_KINDS = ("first", "second", "last", "length")
+
+
+def reading_question(text: str, kind: str) -> tuple[str, str]:
+    """The (question, answer) of reading sub-question ``kind`` (one of READING_KINDS) about ``text``."""
     if kind == "length":
         return "How many characters does the text have?", str(len(text))
     char = {"first": text[0], "second": text[1], "last": text[-1]}[kind]
     return f"What is the {kind} character of the text?", char
+
+
+def _reading_question(rng: random.Random, text: str) -> tuple[str, str]:
+    """One sub-question of reading ``text``: a character at a position, or its length."""
+    return reading_question(text, rng.choice(READING_KINDS))
 
 
 def follow_up_questions(seed: int, split: str, index: int, item: Item, n: int) -> list[tuple[str, str]]:
@@ -484,5 +491,5 @@ def generate(
     return manifest
 
 
-__all__ = ["FAMILIES", "POPE_CATEGORIES", "SynthConfig", "Item", "conversation", "follow_up_questions", "generate",
-           "make_item", "object_statistics", "spell"]
+__all__ = ["FAMILIES", "POPE_CATEGORIES", "READING_KINDS", "SynthConfig", "Item", "conversation",
+           "follow_up_questions", "generate", "make_item", "object_statistics", "reading_question", "spell"]

@@ -94,9 +94,8 @@ def decay_groups(model: nn.Module, params: list[nn.Parameter], weight_decay: flo
     if not weight_decay:
         return [{"params": params, "weight_decay": 0.0}]
     embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-    chosen = {id(p) for p in params}
     decay, rest = [], []
-    for p in dict.fromkeys(p for p in model.parameters() if id(p) in chosen):
+    for p in params:
         (decay if p.ndim >= 2 and id(p) not in embeddings else rest).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
 

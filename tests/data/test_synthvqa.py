@@ -193,5 +193,5 @@ def test_half_the_ocr_conversations_read_glyph_by_glyph_before_the_full_read():
     # Other families keep the evaluation's question first.
     item = S.make_item(0, "train", 0)
     assert S.conversation(0, "train", 0, item, 5)[0] == (item.question, item.answer)
-    assert S.conversation(0, "train", 2, S.make_item(0, "train", 2), 1) == [(S.make_item(0, "train", 2).question,
-                                                                            S.make_item(0, "train", 2).answer)]
+    ocr = S.make_item(0, "train", 2)
+    assert S.conversation(0, "train", 2, ocr, 1) == [(ocr.question, ocr.answer)]  # one turn: nothing to reorder
