@@ -28,11 +28,14 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
 import hashlib
 import io
 import json
+import math
 import os
 import shlex
+import stat
 import struct
 import subprocess
 import sys
@@ -47,6 +50,7 @@ from meteor_cli.errors import (
     InputNotFoundError,
     InvalidInputError,
     MeteorError,
+    OutputNotWritableError,
     UnsupportedVersionError,
 )
 
@@ -86,6 +90,15 @@ def register_schema(schema: Schema) -> Schema:
     return schema
 
 
+def _is_int(v: Any, minimum: int = 0) -> bool:
+    """A JSON integer >= ``minimum``; ``true``/``false`` are not (``bool`` is an ``int`` in Python)."""
+    return isinstance(v, int) and not isinstance(v, bool) and v >= minimum
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
 def _validate_ranks(body: Mapping[str, Any], fail: Callable[[str, str, str | None], None]) -> None:
     for name, enc in body["encoders"].items():
         where = f"encoders.{name}"
@@ -95,11 +108,20 @@ def _validate_ranks(body: Mapping[str, Any], fail: Callable[[str, str, str | Non
         for key in ("points", "rank", "std"):
             if not isinstance(enc.get(key), list):
                 fail(f"{where}.{key}", "must be a list", None)
-        if not isinstance(enc.get("tokens"), int) or enc["tokens"] < 1:
-            fail(f"{where}.tokens", "must be the encoder's native token count (an integer >= 1)", None)
-        if isinstance(enc.get("points"), list) and isinstance(enc.get("rank"), list):
-            if len(enc["points"]) != len(enc["rank"]):
-                fail(f"{where}.rank", f"has {len(enc['rank'])} values for {len(enc['points'])} points", None)
+        if not _is_int(enc.get("tokens"), 1):
+            fail(f"{where}.tokens", f"is {enc.get('tokens')!r}, must be the encoder's native token count "
+                 "(an integer >= 1)", None)
+        if "n_images" in enc and not _is_int(enc["n_images"]):
+            fail(f"{where}.n_images", f"is {enc['n_images']!r}, must be an integer >= 0", None)
+        points, rank = enc.get("points"), enc.get("rank")
+        if isinstance(points, list) and not all(_is_int(p) for p in points):
+            fail(f"{where}.points", f"is {points!r}, must be block indices (integers >= 0)", None)
+        for key in ("rank", "std"):
+            vals = enc.get(key)
+            if isinstance(vals, list) and not all(_is_number(x) for x in vals):
+                fail(f"{where}.{key}", f"is {vals!r}, must be a list of finite numbers", None)
+        if isinstance(points, list) and isinstance(rank, list) and len(points) != len(rank):
+            fail(f"{where}.rank", f"has {len(rank)} values for {len(points)} points", None)
 
 
 def _validate_allocation(body: Mapping[str, Any], fail: Callable[[str, str, str | None], None]) -> None:
@@ -107,22 +129,49 @@ def _validate_allocation(body: Mapping[str, Any], fail: Callable[[str, str, str 
     if not isinstance(s1, Mapping) or not isinstance(s1.get("encoders"), Mapping):
         fail("stage1.encoders", "must be an object keyed by encoder name", None)
         return
+    native = body.get("native_tokens")
+    if native is not None and (not isinstance(native, Mapping) or not all(_is_int(v, 1) for v in native.values())):
+        fail("native_tokens", "must map encoder names to native token counts (integers >= 1)", None)
+        native = None
     totals = s1.get("totals")
+    good: dict[str, list[int]] = {}
     for name, enc in s1["encoders"].items():
-        keep = enc.get("keep") if isinstance(enc, Mapping) else None
-        if not isinstance(keep, list) or not all(isinstance(k, int) and k >= 1 for k in keep):
-            fail(f"stage1.encoders.{name}.keep", "must be a list of integers >= 1", None)
-    if isinstance(totals, list):
-        for b, total in enumerate(totals):
-            got = sum(
-                e["keep"][b]
-                for e in s1["encoders"].values()
-                if isinstance(e, Mapping) and isinstance(e.get("keep"), list) and b < len(e["keep"])
-            )
-            if got != total:
-                fail(f"stage1.totals[{b}]", f"is {total} but the encoders keep {got} in total", None)
-    if not isinstance(s2, Mapping) or not isinstance(s2.get("keep"), int) or s2["keep"] < 1:
-        fail("stage2.keep", "must be an integer >= 1", None)
+        where = f"stage1.encoders.{name}"
+        if not isinstance(enc, Mapping):
+            fail(where, "must be an object with points and keep", None)
+            continue
+        keep, points = enc.get("keep"), enc.get("points")
+        if not isinstance(keep, list) or not keep or not all(_is_int(k, 1) for k in keep):
+            fail(f"{where}.keep", f"is {keep!r}, must be a non-empty list of integers >= 1", None)
+            continue
+        if any(b > a for a, b in zip(keep, keep[1:])):
+            fail(f"{where}.keep", f"is {keep}: budgets must not grow from one pruning point to the next "
+                 "(a pruned token cannot come back)", None)
+        if points is not None:
+            if not isinstance(points, list) or not all(_is_int(p) for p in points):
+                fail(f"{where}.points", f"is {points!r}, must be block indices (integers >= 0)", None)
+            elif len(points) != len(keep):
+                fail(f"{where}.points", f"has {len(points)} pruning points for {len(keep)} budgets in keep", None)
+            elif sorted(points) != points:
+                fail(f"{where}.points", f"is {points}, must be in ascending order", None)
+        if native is not None:
+            if name not in native:
+                fail(f"native_tokens.{name}", "is missing", None)
+            elif keep[0] > native[name]:
+                fail(f"{where}.keep", f"starts at {keep[0]} tokens, more than the encoder's "
+                     f"{native[name]} native tokens (native_tokens.{name})", "lower the budgets or rerun `meteor allocate`")
+        good[name] = keep
+    if totals is not None:
+        if not isinstance(totals, list) or not all(_is_int(t, 1) for t in totals):
+            fail("stage1.totals", f"is {totals!r}, must be a list of integers >= 1", None)
+        elif len(good) == len(s1["encoders"]):
+            for b, total in enumerate(totals):
+                got = sum(k[b] for k in good.values() if b < len(k))
+                if got != total:
+                    fail(f"stage1.totals[{b}]", f"is {total} but the encoders keep {got} in total", None)
+    if not isinstance(s2, Mapping) or not _is_int(s2.get("keep"), 1):
+        got = s2.get("keep") if isinstance(s2, Mapping) else s2
+        fail("stage2.keep", f"is {got!r}, must be an integer >= 1", None)
 
 
 for _schema in (
@@ -216,26 +265,107 @@ def input_ref(path: str | os.PathLike[str]) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 
 
+#: Write-side errno values that mean "this output cannot be written here" (not a bug).
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EFBIG,
+                 errno.EISDIR, errno.ENOTDIR, errno.EEXIST, errno.ENAMETOOLONG, errno.ELOOP}
+
+
+def _umask() -> int:
+    """The process umask (read by setting and restoring it; there is no getter before 3.13)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def output_error(target: str | os.PathLike[str], exc: OSError, what: str = "output") -> OutputNotWritableError:
+    """A named error for an OSError while writing ``target`` (disk full, read-only, a directory in the way)."""
+    t = str(target)
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        dev = _mount_point(Path(t))
+        return OutputNotWritableError(f"no space left on {dev} while writing {what} {t}",
+                                      "free some space (or choose another --out); nothing partial was left behind")
+    if exc.errno == errno.EROFS:
+        return OutputNotWritableError(f"cannot write {what} {t}: the file system is read-only",
+                                      "choose an --out on a writable file system")
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return OutputNotWritableError(f"cannot write {what} {t}: permission denied",
+                                      "choose an --out you may write to, or fix the directory's permissions")
+    reason = exc.strerror or str(exc)
+    return OutputNotWritableError(f"cannot write {what} {t}: {reason}", "choose another --out")
+
+
+def _mount_point(p: Path) -> str:
+    p = p.absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    while not os.path.ismount(p) and p != p.parent:
+        p = p.parent
+    return str(p)
+
+
+def _check_output_file(target: Path) -> None:
+    """Refuse, before any work, a file output that cannot possibly be written where asked."""
+    if target.is_dir():
+        raise OutputNotWritableError(f"output {target} is an existing directory, not a file",
+                                     f"name a file, e.g. {target / 'out.json'}")
+    _check_parent(target)
+
+
+def _check_parent(target: Path) -> None:
+    for parent in target.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise OutputNotWritableError(f"cannot write {target}: {parent} is a file, not a directory",
+                                             "choose an --out that is not below a file")
+            return
+
+
+def check_output(path: str | os.PathLike[str], *, directory: bool = False) -> None:
+    """Fail fast (exit 3) when ``path`` cannot become an output file (or ``directory``): call it
+    before long work so a bad ``--out`` is reported in seconds, not after hours."""
+    if str(path) == STDIO:
+        return
+    target = Path(path)
+    if directory:
+        if target.exists() and not target.is_dir():
+            raise OutputNotWritableError(f"output directory {target} is an existing file",
+                                         "choose another --out (a directory path)")
+        _check_parent(target)
+    else:
+        _check_output_file(target)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str], suffix: str = ".tmp") -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it replaces ``path`` atomically.
 
     On any exception the temporary file is removed and ``path`` is left untouched. Directories
     of ``path`` are created. Works for files written by other libraries (``save_file(t, tmp)``).
+    The file gets the permissions a plain ``open()`` would give (``0666 & ~umask``), not
+    ``mkstemp``'s 0600. A write that fails for a reason of the file system (disk full,
+    read-only, permission, a directory in the way) is an :class:`OutputNotWritableError`
+    naming the file (exit code 3).
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
-    os.close(fd)
+    _check_output_file(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise output_error(target, exc) from None
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~_umask())
         with open(tmp_path, "rb+") as f:  # make the bytes durable before the rename
             os.fsync(f.fileno())
         os.replace(tmp_path, target)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
+        if isinstance(exc, OSError) and exc.errno in _WRITE_ERRNOS:
+            raise output_error(target, exc) from None
         raise
 
 
@@ -244,20 +374,29 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield an empty temporary directory next to ``path``; on success it replaces ``path``.
 
     On any exception the temporary directory is removed and ``path`` is left untouched (an
-    existing ``path`` is replaced only after everything was written).
+    existing ``path`` is replaced only after everything was written). The directory gets
+    ``0777 & ~umask`` (not ``mkdtemp``'s 0700); file-system failures are
+    :class:`OutputNotWritableError` as in :func:`atomic_path`.
     """
     import shutil
 
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    check_output(target, directory=True)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    except OSError as exc:
+        raise output_error(target, exc, "output directory") from None
     try:
         yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError) and exc.errno in _WRITE_ERRNOS:
+            raise output_error(getattr(exc, "filename", None) or target, exc, "output") from None
         raise
 
 
@@ -334,18 +473,86 @@ def _schema_for(kind: str) -> Schema:
         raise ValueError(f"unknown artifact kind {kind!r}; known: {sorted(SCHEMAS)}") from None
 
 
-def _read_bytes(path: str | os.PathLike[str], what: str) -> bytes:
+#: Largest JSON file meteor reads (artifacts, configs, shard indexes): far above any real one
+#: (a 665k-record ranks file is a few MB), far below what would exhaust memory.
+MAX_JSON_BYTES = 256 * 1024**2
+
+
+def read_bounded(path: str | os.PathLike[str], what: str = "input", *, limit: int | None = None) -> bytes:
+    """The bytes of a regular file (or stdin for ``-``), refusing anything larger than ``limit``.
+
+    Devices, FIFOs and other special files (``/dev/zero``) are refused before reading, so no
+    input can make meteor read without bound. ``limit`` defaults to :data:`MAX_JSON_BYTES`.
+
+    Raises:
+        InputNotFoundError: missing, a directory, or unreadable (exit 3).
+        InvalidInputError: not a regular file, or larger than ``limit`` (exit 4).
+    """
+    limit = MAX_JSON_BYTES if limit is None else limit
     if str(path) == STDIO:
-        return sys.stdin.buffer.read()
+        raw = sys.stdin.buffer.read(limit + 1)
+        if len(raw) > limit:
+            raise InvalidInputError(f"{what} on stdin is larger than {limit // 1024**2} MiB",
+                                    "pass a meteor artifact, not a stream of other data")
+        return raw
     p = Path(path)
-    if not p.exists():
-        raise InputNotFoundError(f"{what} {str(path)!r} does not exist", "check the path (or pass - to read stdin)")
-    if p.is_dir():
-        raise InputNotFoundError(f"{what} {str(path)!r} is a directory, not a file", "pass the file inside it")
     try:
-        return p.read_bytes()
+        st = p.stat()
+    except FileNotFoundError:
+        raise InputNotFoundError(f"{what} {str(path)!r} does not exist", "check the path (or pass - to read stdin)") from None
+    except OSError as exc:
+        raise InputNotFoundError(f"cannot read {what} {str(path)!r}: {exc.strerror}", "check the path and its permissions") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise InputNotFoundError(f"{what} {str(path)!r} is a directory, not a file", "pass the file inside it")
+    if not stat.S_ISREG(st.st_mode):
+        raise InvalidInputError(f"{what} {str(path)!r} is not a regular file (a device, pipe or socket)",
+                                "pass a file written by meteor (use - to read a pipe on stdin)")
+    if st.st_size > limit:
+        raise InvalidInputError(f"{what} {str(path)!r} is {st.st_size / 1024**2:.0f} MiB, larger than the "
+                                f"{limit // 1024**2} MiB meteor reads for this kind of file", "pass the right file")
+    try:
+        with open(p, "rb") as f:
+            raw = f.read(limit + 1)
     except OSError as exc:
         raise InputNotFoundError(f"cannot read {what} {str(path)!r}: {exc.strerror}", "check its permissions") from None
+    if len(raw) > limit:
+        raise InvalidInputError(f"{what} {str(path)!r} grew beyond {limit // 1024**2} MiB while being read",
+                                "pass a file that is not being written")
+    return raw
+
+
+def _read_bytes(path: str | os.PathLike[str], what: str) -> bytes:
+    return read_bounded(path, what)
+
+
+def parse_json(raw: bytes, name: str, fix: str) -> Any:
+    """``json.loads`` with errors that name the file, line and column (exit 4)."""
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InvalidInputError(f"{name} is not UTF-8 text (byte {exc.start} is 0x{raw[exc.start]:02x})", fix) from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidInputError(f"{name} is not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}",
+                                fix) from None
+    except RecursionError:
+        raise InvalidInputError(f"{name} is not valid JSON: nested too deeply", fix) from None
+
+
+def read_json_file(path: str | os.PathLike[str], what: str = "JSON file", *, expect: type | None = dict,
+                   fix: str = "the file is damaged; regenerate it with the command that produced it",
+                   limit: int | None = None) -> Any:
+    """Read a JSON file through :func:`read_bounded` (``-`` = stdin); every failure is a named error.
+
+    ``expect``: the type the top-level value must have (``dict`` by default; None for any).
+    """
+    name = "<stdin>" if str(path) == STDIO else str(path)
+    obj = parse_json(read_bounded(path, what, limit=limit), name, fix)
+    if expect is not None and not isinstance(obj, expect):
+        want = _JSON_TYPE_NAMES.get(expect, expect.__name__)
+        raise InvalidInputError(f"{name} must hold {want}, got {type(obj).__name__}", fix)
+    return obj
 
 
 def read_artifact(
@@ -365,14 +572,7 @@ def read_artifact(
     """
     name = "<stdin>" if str(path) == STDIO else str(path)
     raw = _read_bytes(path, what)
-    try:
-        obj = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        pos = f" at line {exc.lineno}, column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
-        raise InvalidInputError(
-            f"{name} is not valid JSON{pos}: {getattr(exc, 'msg', exc)}",
-            "the file is damaged or not an artifact; regenerate it with the command that produced it",
-        ) from None
+    obj = parse_json(raw, name, "the file is damaged or not an artifact; regenerate it with the command that produced it")
     return validate_artifact(obj, expect, name=name)
 
 
@@ -487,50 +687,177 @@ def save_tensors(
         save_file(tensors, str(tmp), metadata=meta)
 
 
-def _safetensors_header(raw: bytes | BinaryIO, name: str) -> dict[str, Any]:
-    """Parse the JSON header of a safetensors blob (8-byte little-endian length, then JSON)."""
-    f = io.BytesIO(raw) if isinstance(raw, bytes) else raw
+#: Bytes per element of each safetensors dtype (sub-byte float types excluded: not checked).
+SAFETENSORS_DTYPE_BYTES = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1, "I16": 2, "U16": 2, "F16": 2,
+    "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8, "C64": 8,
+}
+#: The safetensors library's own limit on the JSON header.
+MAX_SAFETENSORS_HEADER = 100_000_000
+_DAMAGED = "the file is damaged or truncated: regenerate it (or copy it again) with the command that produced it"
+
+
+def _is_count(v: Any) -> bool:
+    """A JSON non-negative integer (``true`` is not a count, although ``bool`` is an ``int`` in Python)."""
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def check_safetensors_header(header: Any, data_bytes: int | None, name: str) -> dict[str, Any]:
+    """Validate a parsed safetensors header against the size of the data area that follows it.
+
+    Every tensor needs a dtype, a shape of non-negative integers and ``data_offsets`` [begin, end]
+    whose length matches ``prod(shape) · itemsize`` and that lie inside the file — so a truncated
+    file, or a header that does not describe its data, is found without reading any tensor.
+    Returns the header (``__metadata__`` included). ``data_bytes`` None skips the range checks.
+    """
+    if not isinstance(header, dict):
+        raise InvalidInputError(f"{name} is not a safetensors file (its header is not a JSON object)", _DAMAGED)
+    problems: list[str] = []
+    meta = header.get("__metadata__", {})
+    if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
+        problems.append("__metadata__ must map strings to strings")
+    for tname, info in header.items():
+        if tname == "__metadata__":
+            continue
+        if not isinstance(info, dict):
+            problems.append(f"tensor {tname!r} is described by {type(info).__name__}, not an object")
+            continue
+        dtype, shape, offs = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+        if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
+            problems.append(f"tensor {tname!r} has shape {shape!r}, not a list of non-negative integers")
+            continue
+        if not (isinstance(offs, list) and len(offs) == 2 and all(_is_count(o) for o in offs) and offs[0] <= offs[1]):
+            problems.append(f"tensor {tname!r} has data_offsets {offs!r}, not [begin, end] with begin <= end")
+            continue
+        if not isinstance(dtype, str):
+            problems.append(f"tensor {tname!r} has no dtype")
+            continue
+        size = SAFETENSORS_DTYPE_BYTES.get(dtype)
+        if size is not None and (offs[1] - offs[0]) != math.prod(shape) * size:
+            problems.append(f"tensor {tname!r} ({dtype} {shape}) needs {math.prod(shape) * size} bytes "
+                            f"but data_offsets {offs} span {offs[1] - offs[0]}")
+        elif data_bytes is not None and offs[1] > data_bytes:
+            problems.append(f"tensor {tname!r} ends at byte {offs[1]} of the data, but the file holds only "
+                            f"{data_bytes} bytes of data (truncated)")
+    if problems:
+        more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+        raise InvalidInputError(f"{name}: {problems[0]}{more}", _DAMAGED)
+    return header
+
+
+def _safetensors_header(raw: bytes | BinaryIO, name: str, file_size: int | None = None) -> dict[str, Any]:
+    """Parse and check the header of a safetensors blob (8-byte little-endian length, then JSON).
+
+    ``file_size``: the total size (known for files; for bytes it is ``len(raw)``) — the header
+    length and every tensor's byte range are checked against it.
+    """
+    if isinstance(raw, bytes):
+        file_size = len(raw)
+        f: BinaryIO = io.BytesIO(raw)
+    else:
+        f = raw
     head = f.read(8)
     if len(head) != 8:
-        raise InvalidInputError(f"{name} is not a safetensors file (shorter than its 8-byte header)",
-                                "regenerate it with the meteor command that produced it")
+        raise InvalidInputError(f"{name} is not a safetensors file (shorter than its 8-byte header)", _DAMAGED)
     (n,) = struct.unpack("<Q", head)
-    blob = f.read(n) if n < 100_000_000 else b""
+    if n > MAX_SAFETENSORS_HEADER:
+        raise InvalidInputError(f"{name} is not a safetensors file (its header claims {n} bytes, more than the "
+                                f"{MAX_SAFETENSORS_HEADER} safetensors allows)", _DAMAGED)
+    if file_size is not None and n > file_size - 8:
+        raise InvalidInputError(f"{name}: its header claims {n} bytes but the file has only {file_size - 8} after "
+                                "the length field (truncated)", _DAMAGED)
+    blob = f.read(n)
+    if len(blob) != n:
+        raise InvalidInputError(f"{name}: the header is cut short ({len(blob)} of {n} bytes; truncated)", _DAMAGED)
     try:
-        header = json.loads(blob)
-        assert isinstance(header, dict)
-    except Exception:
-        raise InvalidInputError(f"{name} is not a safetensors file (its header is not valid JSON)",
-                                "regenerate it with the meteor command that produced it") from None
-    return header
+        header = json.loads(blob.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        raise InvalidInputError(f"{name} is not a safetensors file (its header is not valid JSON)", _DAMAGED) from None
+    data_bytes = None if file_size is None else file_size - 8 - n
+    return check_safetensors_header(header, data_bytes, name)
+
+
+def read_safetensors_header(path: str | os.PathLike[str], what: str = "safetensors file") -> dict[str, Any]:
+    """The checked header of a safetensors file (tensor table + ``__metadata__``), reading no tensor data.
+
+    Raises InputNotFoundError (missing, unreadable, not a regular file) or InvalidInputError
+    (not safetensors, truncated, a tensor's bytes outside the file), each naming the file.
+    """
+    name = str(path)
+    p = Path(path)
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        raise InputNotFoundError(f"{what} {name!r} does not exist", "check the path") from None
+    except OSError as exc:
+        raise InputNotFoundError(f"cannot read {what} {name!r}: {exc.strerror}", "check the path") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise InputNotFoundError(f"{what} {name!r} is not a regular file", "pass a .safetensors file")
+    try:
+        with open(p, "rb") as f:
+            return _safetensors_header(f, name, st.st_size)
+    except OSError as exc:
+        raise InputNotFoundError(f"cannot read {what} {name!r}: {exc.strerror}", "check its permissions") from None
 
 
 def read_tensors_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
     """The string metadata of a safetensors file, without loading its tensors."""
-    name = str(path)
-    if not Path(path).is_file():
-        raise InputNotFoundError(f"safetensors file {name!r} does not exist", "check the path")
-    with open(path, "rb") as f:
-        return dict(_safetensors_header(f, name).get("__metadata__") or {})
+    return dict(read_safetensors_header(path).get("__metadata__") or {})
+
+
+def load_safetensors_file(path: str | os.PathLike[str], device: str = "cpu") -> dict[str, Any]:
+    """``safetensors.torch.load_file`` behind the header and byte-range checks: every failure is a
+    named :class:`InvalidInputError`/:class:`InputNotFoundError`, never a library exception."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    read_safetensors_header(path)
+    try:
+        return load_file(str(path), device=device)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise InvalidInputError(f"{path} is not a valid safetensors file: {exc}", _DAMAGED) from None
+
+
+def verify_safetensors(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read every tensor of a (header-checked) safetensors file; count non-finite float values.
+
+    Returns ``{"n_tensors", "n_bytes", "non_finite": {tensor: count}}``.
+    """
+    import torch
+    from safetensors import SafetensorError, safe_open
+
+    header = read_safetensors_header(path)
+    non_finite: dict[str, int] = {}
+    n_bytes = 0
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():  # noqa: SIM118 - safe_open is not a Mapping
+                t = f.get_tensor(key)
+                n_bytes += t.numel() * t.element_size()
+                if t.is_floating_point():
+                    bad = int((~torch.isfinite(t)).sum())
+                    if bad:
+                        non_finite[key] = bad
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise InvalidInputError(f"{path}: reading its tensors failed: {exc}", _DAMAGED) from None
+    return {"n_tensors": len([k for k in header if k != "__metadata__"]), "n_bytes": n_bytes, "non_finite": non_finite}
 
 
 def load_tensors(path: str | os.PathLike[str], device: str = "cpu") -> tuple[dict[str, Any], dict[str, str]]:
     """Load a safetensors file (``-`` = stdin) → ``(tensors, metadata)``."""
     from safetensors import SafetensorError
-    from safetensors.torch import load, load_file
+    from safetensors.torch import load
 
-    name = "<stdin>" if str(path) == STDIO else str(path)
-    try:
-        if str(path) == STDIO:
-            raw = _read_bytes(STDIO, "safetensors input")
-            meta = dict(_safetensors_header(raw, name).get("__metadata__") or {})
-            tensors = load(raw)
-            return {k: v.to(device) for k, v in tensors.items()}, meta
+    if str(path) != STDIO:
         meta = read_tensors_metadata(path)
-        return load_file(str(path), device=device), meta
-    except SafetensorError as exc:
-        raise InvalidInputError(f"{name} is not a valid safetensors file: {exc}",
-                                "regenerate it with the meteor command that produced it") from None
+        return load_safetensors_file(path, device), meta
+    raw = sys.stdin.buffer.read()
+    meta = dict(_safetensors_header(raw, "<stdin>").get("__metadata__") or {})
+    try:
+        tensors = load(raw)
+    except (SafetensorError, ValueError, RuntimeError) as exc:
+        raise InvalidInputError(f"<stdin> is not a valid safetensors file: {exc}", _DAMAGED) from None
+    return {k: v.to(device) for k, v in tensors.items()}, meta
 
 
 def tensors_provenance(meta: Mapping[str, str]) -> dict[str, Any]:
@@ -563,8 +890,9 @@ def sniff(path: str | os.PathLike[str]) -> str:
 
 
 __all__ = [
-    "Artifact", "Schema", "SCHEMAS", "STDIO", "MeteorError", "atomic_dir", "atomic_path", "atomic_write", "input_ref",
-    "load_tensors", "make_artifact", "producer_info", "provenance_metadata", "read_artifact",
+    "Artifact", "Schema", "SCHEMAS", "STDIO", "MAX_JSON_BYTES", "MeteorError", "atomic_dir", "atomic_path",
+    "atomic_write", "check_output", "check_safetensors_header", "input_ref", "load_safetensors_file", "load_tensors",
+    "output_error", "parse_json", "read_bounded", "read_json_file", "read_safetensors_header", "verify_safetensors", "make_artifact", "producer_info", "provenance_metadata", "read_artifact",
     "read_tensors_metadata", "register_schema", "save_tensors", "sha256_file", "sniff", "tensors_provenance",
     "validate_artifact", "write_artifact",
 ]

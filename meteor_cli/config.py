@@ -7,7 +7,11 @@ code 4 through :class:`~meteor_cli.errors.ConfigError`.
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import json
+import types
+import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -158,19 +162,109 @@ class ModelConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+    def from_dict(cls, d: Any, *, where: str = "model config") -> ModelConfig:
+        """Build from parsed JSON, checking every field's JSON type first: a wrong one is a
+        :class:`ConfigError` naming the file and the field (``encoders[1].image_size``)."""
+        check_fields(cls, d, where, "")
         try:
             return cls(**d)
         except TypeError as exc:
-            raise ConfigError(f"model config: {exc}", "compare with `meteor inspect` of a working checkpoint") from None
+            raise ConfigError(f"{where}: {exc}", "compare with `meteor inspect` of a working checkpoint") from None
 
     @classmethod
     def from_file(cls, path: str | Path) -> ModelConfig:
+        from meteor_cli.artifacts import read_json_file
+
         p = Path(path)
-        if not p.is_file():
-            raise InputNotFoundError(f"model config {p} does not exist")
-        try:
-            data = json.loads(p.read_text())
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{p}: not valid JSON ({exc.msg})") from None
-        return cls.from_dict(data.get("model", data))
+        if not p.is_file() and not p.exists():
+            raise InputNotFoundError(f"model config {p} does not exist", "pass a preset name, a checkpoint or a config JSON")
+        data = read_json_file(p, "model config", fix="fix the JSON syntax (or pass a preset / checkpoint)")
+        return cls.from_dict(data.get("model", data), where=str(p))
+
+
+_JSON_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list",
+               dict: "an object"}
+
+
+def _type_ok(value: Any, tp: Any) -> bool:
+    """Whether a parsed-JSON ``value`` fits the annotation ``tp`` (``true`` is not an integer)."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is str:
+        return isinstance(value, str)
+    if origin is list or tp is list:
+        args = typing.get_args(tp)
+        return isinstance(value, list) and (not args or all(_type_ok(v, args[0]) for v in value))
+    if origin is dict or tp is dict:
+        return isinstance(value, dict)
+    if dataclasses.is_dataclass(tp):
+        return isinstance(value, (dict, tp))
+    return True
+
+
+def _describe(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(tp) if a is not type(None)) + \
+            (" (or null)" if type(None) in typing.get_args(tp) else "")
+    if origin is list:
+        args = typing.get_args(tp)
+        return f"a list of {_describe(args[0]).removeprefix('an ').removeprefix('a ')}s" if args else "a list"
+    if dataclasses.is_dataclass(tp):
+        return "an object"
+    return _JSON_NAMES.get(origin or tp, str(tp))
+
+
+def check_fields(cls: type, data: Any, where: str, prefix: str) -> None:
+    """Check the JSON types of ``data`` against the dataclass ``cls`` (recursing into encoders and
+    llm); raise :class:`ConfigError` naming ``where`` and the dotted field."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: {prefix or 'the model configuration'} must be an object, got "
+                          f"{type(data).__name__}", "compare with `meteor inspect` of a working checkpoint")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            raise ConfigError(f"{where}: {prefix}{key}: unknown field",
+                              f"did you mean {close[0]!r}?" if close else f"fields: {', '.join(fields)}")
+    for name, f in fields.items():
+        path = f"{prefix}{name}"
+        if name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:  # type: ignore[misc]
+                raise ConfigError(f"{where}: {path} is missing", "compare with `meteor inspect` of a working checkpoint")
+            continue
+        value, tp = data[name], hints[name]
+        if cls is ModelConfig and name == "encoders":
+            if not isinstance(value, list):
+                raise ConfigError(f"{where}: encoders must be a list of encoder objects, got {type(value).__name__}")
+            for i, e in enumerate(value):
+                if not isinstance(e, EncoderConfig):
+                    check_fields(EncoderConfig, e, where, f"encoders[{i}].")
+            continue
+        if cls is ModelConfig and name == "llm":
+            if not isinstance(value, LLMConfig):
+                check_fields(LLMConfig, value, where, "llm.")
+            continue
+        if not _type_ok(value, tp):
+            raise ConfigError(f"{where}: {path} is {json.dumps(value) if _jsonable(value) else repr(value)}, "
+                              f"must be {_describe(tp)}", "compare with `meteor inspect` of a working checkpoint")
+
+
+def _jsonable(v: Any) -> bool:
+    try:
+        json.dumps(v)
+    except (TypeError, ValueError):
+        return False
+    return True

@@ -25,7 +25,8 @@ class ExitCode(enum.IntEnum):
     #: Bad command line or option value (unknown device string, missing required option,
     #: conflicting flags), or a subcommand whose stage is not built yet.
     USAGE = 2
-    #: An input file or directory does not exist or cannot be read.
+    #: An input file or directory does not exist or cannot be read, or an output cannot be
+    #: written there (read-only or full disk, a directory or a file in the way).
     NOT_FOUND = 3
     #: An input is malformed or fails validation (bad JSON, wrong schema, wrong field).
     INVALID_INPUT = 4
@@ -73,6 +74,13 @@ class NotBuiltError(UsageError):
 
 class InputNotFoundError(MeteorError):
     """An input path does not exist or cannot be read."""
+
+    exit_code = ExitCode.NOT_FOUND
+
+
+class OutputNotWritableError(MeteorError):
+    """An output path cannot be written: read-only or full file system, no permission, a directory
+    where a file should go (or a file where a directory should go). Nothing partial is left behind."""
 
     exit_code = ExitCode.NOT_FOUND
 

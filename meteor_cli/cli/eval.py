@@ -18,7 +18,7 @@ from typing import Annotated
 import typer
 
 from meteor_cli.cli.common import Run, meteor_command, stage1_method_for
-from meteor_cli.errors import UsageError
+from meteor_cli.errors import InvalidInputError, UsageError
 
 
 @meteor_command("eval", uses_device=True)
@@ -60,8 +60,14 @@ def main(
     questions, answers = bench.load(data)
     if chunk_idx >= num_chunks:
         raise UsageError(f"--chunk-idx {chunk_idx} must be below --num-chunks {num_chunks}")
+    if not questions:
+        raise InvalidInputError(f"--data {data}: the {benchmark} benchmark there has no questions",
+                                "check --data (an empty or wrong file)")
     size = math.ceil(len(questions) / num_chunks)
-    questions = questions[chunk_idx * size:(chunk_idx + 1) * size][:limit]
+    n_all, questions = len(questions), questions[chunk_idx * size:(chunk_idx + 1) * size][:limit]
+    if not questions:
+        raise UsageError(f"--chunk-idx {chunk_idx} of --num-chunks {num_chunks} selects no question "
+                         f"({n_all} in all, {size} per shard)", f"use at most {math.ceil(n_all / size)} shards")
     run.seed_everything()
     vlm = load_model(model, run.device.torch, seed=run.seed)
     stage3 = install_pruning(vlm, alloc.body if alloc else None, s3.body if s3 else None, seed=run.seed,

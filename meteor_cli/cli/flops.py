@@ -112,6 +112,10 @@ def main(
         raise UsageError("--model is required", "e.g. --model tiny")
     cfg = load_model_config(model).validate()
     alloc = read_artifact(allocation, "meteor.allocation", what="--allocation").body if allocation else None
+    if alloc is not None:
+        from meteor_cli.pruning.allocation import check_allocation_fits
+
+        check_allocation_fits(alloc, {e.name: e for e in cfg.encoders}, name=str(allocation))
     s3 = read_artifact(prune_llm, "meteor.prune-llm", what="--prune-llm").body if prune_llm else None
     kept = [float(x) for x in stage3_kept.split(",")] if stage3_kept else None
     body = count(cfg, cfg.llm.resolved_hf_config(), alloc, s3, convention.value, text_tokens, new_tokens, kept)

@@ -2,16 +2,19 @@
 
 Accepts JSON artifacts (ranks, allocation, prune-llm, metrics, flops), safetensors files and
 checkpoint directories. Exits 0 when the artifact is valid, with the documented error codes
-otherwise, so it doubles as a check in scripts::
+otherwise, so it doubles as a check in scripts. Safetensors headers are checked against the
+file (every tensor's byte range lies inside it: a truncated copy is caught without reading the
+data); a checkpoint's shards must all be present and inside it; ``--verify`` reads every tensor::
 
     meteor inspect allocation.json
     meteor rank-estimate ... --out - | meteor inspect -
     meteor inspect ranks.json --json | jq .encoders
+    meteor inspect ckpt/ --verify          # read every tensor too
 """
 
 from __future__ import annotations
 
-import json
+import math
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -20,35 +23,71 @@ import typer
 from meteor_cli.cli.common import Run, meteor_command
 
 
-def _describe_safetensors(path: Path) -> dict[str, Any]:
-    from meteor_cli.artifacts import _safetensors_header, tensors_provenance
+def _describe_safetensors(path: Path, verify: bool = False) -> dict[str, Any]:
+    """Header, provenance and tensor table of a safetensors file; every tensor's byte range is
+    checked against the file size (a truncated file is an error, exit 4). ``verify`` reads
+    every tensor too and refuses non-finite values."""
+    from meteor_cli.artifacts import read_safetensors_header, tensors_provenance, verify_safetensors
+    from meteor_cli.errors import InvalidInputError
 
-    with open(path, "rb") as f:
-        header = _safetensors_header(f, str(path))
+    header = dict(read_safetensors_header(path))
     meta = header.pop("__metadata__", None) or {}
     tensors = {k: {"dtype": v.get("dtype"), "shape": v.get("shape")} for k, v in sorted(header.items())}
-    numel = sum(int(__import__("math").prod(t["shape"] or [1])) for t in tensors.values())
-    return {"format": "safetensors", "path": str(path), **tensors_provenance(meta),
-            "metadata": {k: v for k, v in meta.items() if not k.startswith("meteor.")},
-            "n_tensors": len(tensors), "n_elements": numel, "tensors": tensors}
+    numel = sum(math.prod(t["shape"]) for t in tensors.values())
+    out = {"format": "safetensors", "path": str(path), **tensors_provenance(meta),
+           "metadata": {k: v for k, v in meta.items() if not k.startswith("meteor.")},
+           "n_tensors": len(tensors), "n_elements": numel, "tensors": tensors}
+    if verify:
+        checked = verify_safetensors(path)
+        if checked["non_finite"]:
+            (name, n), more = next(iter(checked["non_finite"].items())), len(checked["non_finite"]) - 1
+            raise InvalidInputError(f"{path}: tensor {name!r} holds {n} NaN/inf value(s)"
+                                    + (f" (and {more} more tensor(s))" if more else ""),
+                                    "the weights are damaged (or training diverged); use an earlier checkpoint")
+        out["verified"] = {"n_tensors": checked["n_tensors"], "n_bytes": checked["n_bytes"]}
+    return out
 
 
-def _describe_dir(path: Path) -> dict[str, Any]:
+def _describe_dir(path: Path, verify: bool = False) -> dict[str, Any]:
+    """A checkpoint directory: config.json (every field checked), the weights (``model.safetensors``
+    or every shard its index names: present, inside the directory, each tensor's bytes inside its
+    file, each indexed tensor in its shard) and the tokenizer files."""
+    from meteor_cli.artifacts import read_json_file
+    from meteor_cli.errors import InputNotFoundError, InvalidInputError
+
     files = sorted(p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file())
     out: dict[str, Any] = {"format": "checkpoint", "path": str(path), "files": files}
     cfg = path / "config.json"
+    is_meteor = False
     if cfg.is_file():
-        try:
-            out["config"] = json.loads(cfg.read_text())
-        except json.JSONDecodeError as exc:
-            from meteor_cli.errors import InvalidInputError
-
-            raise InvalidInputError(f"{cfg} is not valid JSON: {exc.msg}", "the checkpoint is damaged") from None
-        if isinstance(out["config"], dict) and out["config"].get("format", "").startswith("meteor.checkpoint"):
+        out["config"] = read_json_file(cfg, "config.json", fix="the checkpoint is damaged")
+        is_meteor = isinstance(out["config"], dict) and str(out["config"].get("format", "")).startswith("meteor.checkpoint")
+        if is_meteor:
             from meteor_cli.model.checkpoint import read_config
 
             read_config(path).validate()  # a bad field is reported with its name (exit code 4)
-    out["safetensors"] = [_describe_safetensors(path / f) for f in files if f.endswith(".safetensors")]
+    from meteor_cli.model.checkpoint import INDEX, TOKENIZER_FILES, WEIGHTS, has_weights, shard_files
+
+    if is_meteor or has_weights(path):
+        if not has_weights(path):
+            raise InputNotFoundError(f"{path} has neither {WEIGHTS} nor {INDEX}", "the checkpoint is incomplete")
+        weights = shard_files(path)  # confined to the directory, every shard present
+        described = {name: _describe_safetensors(p, verify) for name, p in weights.items()}
+        if INDEX in files and WEIGHTS not in weights:
+            weight_map = read_json_file(path / INDEX, "shard index")["weight_map"]
+            for tensor, shard in weight_map.items():
+                if tensor not in described[shard]["tensors"]:
+                    raise InvalidInputError(f"{path / INDEX}: tensor {tensor!r} is mapped to {shard}, which does not "
+                                            "hold it", "the shards and the index do not match; re-save the checkpoint")
+        if is_meteor and not any((path / f).is_file() for f in TOKENIZER_FILES):
+            raise InputNotFoundError(f"{path} has no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}, ...)",
+                                     "the checkpoint is incomplete: copy the tokenizer files written with it back in")
+        out["weights"] = sorted(weights)
+    else:
+        described = {}
+    others = [f for f in files if f.endswith(".safetensors") and f not in described]
+    described.update({f: _describe_safetensors(path / f, verify) for f in others})
+    out["safetensors"] = list(described.values())
     for st in out["safetensors"]:
         st.pop("tensors")  # a checkpoint lists hundreds; `meteor inspect DIR/model.safetensors` shows them
     return out
@@ -60,6 +99,9 @@ def main(
         help="Artifact to show: JSON or safetensors file, checkpoint directory, a preset that ships weights "
              "(tiny-synthvqa), or - for stdin.",
         metavar="ARTIFACT")],
+    verify: Annotated[bool, typer.Option(
+        "--verify", help="Also read every tensor of safetensors files (slow for large checkpoints) and refuse "
+                         "NaN/inf values; without it only headers and byte ranges are checked.")] = False,
     run: Run = None,  # type: ignore[assignment]
 ) -> None:
     """Validate an artifact and print what it contains and how it was produced."""
@@ -75,9 +117,9 @@ def main(
         art = read_artifact(artifact)
         data: dict[str, Any] = {"format": "json", "valid": True, **art.to_dict()}
     elif fmt == "safetensors":
-        data = {"valid": True, **_describe_safetensors(path)}
+        data = {"valid": True, **_describe_safetensors(path, verify)}
     else:
-        data = {"valid": True, **_describe_dir(path)}
+        data = {"valid": True, **_describe_dir(path, verify)}
 
     def human() -> None:
         from rich.console import Console

@@ -47,7 +47,7 @@ def iter_json_records(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
                                  "pass a LLaVA-format JSON or JSONL file with --data")
     decoder = json.JSONDecoder()
     with open(p, encoding="utf-8") as f:
-        buf = f.read(_CHUNK)
+        buf = _read_text(f, p)
         pos = _skip_ws(buf, 0)
         is_list = buf[pos:pos + 1] == "["
         if is_list:
@@ -58,7 +58,7 @@ def iter_json_records(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
             if is_list and buf[pos:pos + 1] == ",":
                 pos = _skip_ws(buf, pos + 1)
             if pos >= len(buf):
-                more = f.read(_CHUNK)
+                more = _read_text(f, p)
                 if not more:
                     if is_list:
                         raise InvalidInputError(f"{p}: the JSON list is not closed (file truncated?)",
@@ -71,7 +71,7 @@ def iter_json_records(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
             try:
                 obj, end = decoder.raw_decode(buf, pos)
             except json.JSONDecodeError as exc:
-                more = f.read(_CHUNK)
+                more = _read_text(f, p)
                 if more:  # the object straddles the buffer end: read on and retry
                     buf, pos = buf[pos:] + more, 0
                     continue
@@ -87,6 +87,43 @@ def iter_json_records(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
             pos = end
             if pos > _CHUNK:  # keep the buffer small
                 buf, pos = buf[pos:], 0
+
+
+def _read_text(f: Any, path: Path) -> str:
+    """The next chunk of a data file; a non-UTF-8 byte is a named error (exit 4), not a crash."""
+    try:
+        return f.read(_CHUNK)
+    except UnicodeDecodeError as exc:
+        raise InvalidInputError(f"{path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} cannot be decoded)",
+                                "convert it to UTF-8 (e.g. `iconv -f latin1 -t utf-8`)") from None
+
+
+def conversation_turns(record: dict[str, Any], index: int, path: str | os.PathLike[str] | None = None
+                       ) -> list[tuple[str, str]]:
+    """The ``(from, value)`` turns of a LLaVA record, checked: ``conversations`` must be a list of
+    objects whose ``from`` and ``value`` are strings. Every reader of conversations goes through
+    here, so a malformed record is one named error (exit 4) naming the record and the turn."""
+    where = f"{path}: record {record_id(record, index)}" if path else f"record {record_id(record, index)}"
+    conv = record.get("conversations")
+    if conv is None:
+        return []
+    if not isinstance(conv, list):
+        raise InvalidInputError(f"{where}: 'conversations' is {type(conv).__name__}, not a list of turns",
+                                'write it as [{"from": "human", "value": "..."}, {"from": "gpt", "value": "..."}]')
+    turns = []
+    for t, turn in enumerate(conv):
+        if not isinstance(turn, dict):
+            raise InvalidInputError(f"{where}: conversations[{t}] is {type(turn).__name__}, not an object",
+                                    'each turn is {"from": "human" | "gpt", "value": "text"}')
+        for key in ("from", "value"):
+            if key not in turn:
+                raise InvalidInputError(f"{where}: conversations[{t}] has no {key!r}",
+                                        'each turn is {"from": "human" | "gpt", "value": "text"}')
+            if not isinstance(turn[key], str):
+                raise InvalidInputError(f"{where}: conversations[{t}].{key} is {type(turn[key]).__name__}, not a string",
+                                        'each turn is {"from": "human" | "gpt", "value": "text"}')
+        turns.append((turn["from"], turn["value"]))
+    return turns
 
 
 def _skip_ws(buf: str, pos: int) -> int:
@@ -174,17 +211,33 @@ def resolve_image(record: dict[str, Any], image_root: str | os.PathLike[str]) ->
     return img if img.is_absolute() else Path(image_root) / img
 
 
+class UnreadableImageError(OSError):
+    """An image file that exists but cannot be decoded (corrupt, truncated, not an image, or a
+    decompression bomb above PIL's pixel limit). An ``OSError``, so every caller that counts and
+    skips unreadable images (``--max-failed``) treats all of these alike."""
+
+
 def load_image(path: str | os.PathLike[str]):  # -> PIL.Image.Image
     """Open an image as RGB, fully decoded (so truncated files fail here, not later).
 
-    Raises OSError (missing file, unreadable or corrupt image); callers count and skip those.
+    This is the one place meteor opens images. Raises OSError (missing file, unreadable or
+    corrupt image, or an :class:`UnreadableImageError` for anything PIL refuses: a decompression
+    bomb such as a 225-megapixel image, a malformed header); callers count and skip those.
     """
     from PIL import Image
 
-    with Image.open(path) as im:
-        im.load()
-        return im.convert("RGB")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.convert("RGB")
+    except OSError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise UnreadableImageError(f"{path}: {exc}") from None
+    except (ValueError, SyntaxError, EOFError, IndexError, KeyError, TypeError, MemoryError) as exc:
+        raise UnreadableImageError(f"{path}: cannot decode the image ({type(exc).__name__}: {exc})") from None
 
 
-__all__ = ["Sample", "iter_json_records", "iter_selected", "load_image", "record_id", "resolve_image",
+__all__ = ["Sample", "UnreadableImageError", "conversation_turns", "iter_json_records", "iter_selected", "load_image",
+           "record_id", "resolve_image",
            "sample_records"]

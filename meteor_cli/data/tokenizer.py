@@ -20,9 +20,11 @@ SPECIAL_TOKENS = ("<pad>", "<unk>", "<s>", "</s>", IMAGE_TOKEN)
 
 def texts_of(records: Iterable[Mapping[str, Any]]) -> Iterator[str]:
     """Every conversation turn of LLaVA-format records (``conversations[*].value``)."""
-    for rec in records:
-        for turn in rec.get("conversations", ()):
-            yield str(turn.get("value", ""))
+    from meteor_cli.data.llava import conversation_turns
+
+    for i, rec in enumerate(records):
+        for _, value in conversation_turns(rec, i):
+            yield value
 
 
 def build_word_tokenizer(texts: Iterable[str], *, extra_texts: Iterable[str] = (), min_frequency: int = 1):

@@ -66,8 +66,13 @@ def read_jsonl(path: str | os.PathLike[str], required: Sequence[str] = (), *,
         raise InputNotFoundError(f"{p}: no such file", missing_hint)
     records: list[dict[str, Any]] = []
     seen: dict[Any, int] = {}
-    with p.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with p.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InvalidInputError(f"{p}:{lineno}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at column "
+                                        f"{exc.start + 1})", "convert the file to UTF-8") from None
             if not line.strip():
                 continue
             try:

@@ -83,25 +83,56 @@ def has_weights(directory: str | os.PathLike[str]) -> bool:
     return (Path(directory) / WEIGHTS).is_file() or (Path(directory) / INDEX).is_file()
 
 
-def read_weights(directory: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """All tensors of a checkpoint directory, from ``model.safetensors`` or its shards."""
-    from safetensors.torch import load_file
+def shard_files(directory: str | os.PathLike[str]) -> dict[str, Path]:
+    """Weights file name → path of a checkpoint directory: ``model.safetensors``, or every shard
+    ``model.safetensors.index.json`` names, checked to be confined to the directory.
+
+    A shard name must be a plain file name inside the checkpoint (no ``..``, no absolute path,
+    no symlink resolving outside it): an index is data, and must not make meteor read
+    arbitrary files.
+
+    Raises:
+        InputNotFoundError: no weights, or a listed shard is missing (exit 3).
+        InvalidInputError: the index is malformed or names a file outside the directory (exit 4).
+    """
+    from meteor_cli.artifacts import read_json_file
 
     d = Path(directory)
     if (d / WEIGHTS).is_file():
-        return load_file(str(d / WEIGHTS))
+        return {WEIGHTS: d / WEIGHTS}
     if not (d / INDEX).is_file():
         raise InputNotFoundError(f"{d} has neither {WEIGHTS} nor {INDEX}", "the checkpoint is incomplete")
-    try:
-        weight_map = json.loads((d / INDEX).read_text())["weight_map"]
-    except (json.JSONDecodeError, KeyError):
-        raise InvalidInputError(f"{d / INDEX} is not a safetensors index (no weight_map)",
-                                "re-save the checkpoint") from None
-    sd: dict[str, torch.Tensor] = {}
+    index = read_json_file(d / INDEX, "shard index", fix="re-save the checkpoint")
+    weight_map = index.get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map or \
+            not all(isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()):
+        raise InvalidInputError(f"{d / INDEX}: field 'weight_map' must map tensor names to shard file names",
+                                "re-save the checkpoint")
+    root = d.resolve()
+    out: dict[str, Path] = {}
     for name in sorted(set(weight_map.values())):
+        p = Path(name)
+        if p.is_absolute() or len(p.parts) != 1 or name in (".", "..") or not name:
+            raise InvalidInputError(f"{d / INDEX}: shard {name!r} is not a file name inside the checkpoint "
+                                    "directory (absolute paths and ../ are refused)",
+                                    "an index may only name files next to it; re-save the checkpoint")
+        if (d / name).resolve().parent != root:
+            raise InvalidInputError(f"{d / INDEX}: shard {name!r} is a link to {(d / name).resolve()}, outside "
+                                    f"the checkpoint directory {root}", "copy the shard into the checkpoint directory")
         if not (d / name).is_file():
             raise InputNotFoundError(f"{d}: shard {name} listed in {INDEX} is missing", "the checkpoint is incomplete")
-        sd.update(load_file(str(d / name)))
+        out[name] = d / name
+    return out
+
+
+def read_weights(directory: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """All tensors of a checkpoint directory, from ``model.safetensors`` or its (confined) shards,
+    each file's header and byte ranges checked before it is read."""
+    from meteor_cli.artifacts import load_safetensors_file
+
+    sd: dict[str, torch.Tensor] = {}
+    for path in shard_files(directory).values():
+        sd.update(load_safetensors_file(path))
     return sd
 
 
@@ -120,30 +151,73 @@ def _drop_tied(vlm: Any, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
     return sd
 
 
+#: Files from which ``AutoTokenizer.from_pretrained`` can build a tokenizer (any one suffices).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
+
+
 def read_config(directory: str | os.PathLike[str]) -> ModelConfig:
+    """The ModelConfig of a checkpoint's ``config.json``; every defect is a named error (exit 3/4)."""
+    from meteor_cli.artifacts import read_json_file
+
     p = Path(directory) / "config.json"
     if not p.is_file():
         raise InputNotFoundError(f"{directory} has no config.json, so it is not a meteor checkpoint",
                                  "pass a directory written by `meteor train`")
-    data = json.loads(p.read_text())
+    data = read_json_file(p, "config.json", fix="the checkpoint is damaged; re-save it with `meteor train`")
     if data.get("format") != FORMAT:
         raise InvalidInputError(f"{p}: format {data.get('format')!r}, expected {FORMAT!r}", "pass a meteor checkpoint")
-    return ModelConfig.from_dict(data["model"])
+    if not isinstance(data.get("model"), dict):
+        raise InvalidInputError(f"{p}: field 'model' must be an object (the model configuration)",
+                                "the checkpoint is damaged; re-save it with `meteor train`")
+    return ModelConfig.from_dict(data["model"], where=str(p))
+
+
+def _load_tokenizer(directory: Path, cfg: ModelConfig) -> Any:
+    """The checkpoint's tokenizer (or that of ``llm.path``); a named error when there is none."""
+    from transformers import AutoTokenizer
+
+    source = directory if any((directory / f).is_file() for f in TOKENIZER_FILES) else None
+    if source is None and cfg.llm.path and any((Path(cfg.llm.path) / f).is_file() for f in TOKENIZER_FILES):
+        source = Path(cfg.llm.path)
+    if source is None:
+        raise InputNotFoundError(f"{directory} has no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}, ...)",
+                                 "the checkpoint is incomplete: copy the tokenizer files written with it back in")
+    try:
+        return AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError, TypeError, KeyError, json.JSONDecodeError) as exc:
+        raise InvalidInputError(f"{source}: the tokenizer files cannot be loaded ({type(exc).__name__}: {exc})",
+                                "the tokenizer files are damaged; copy them again") from None
+    except Exception as exc:  # tokenizers' Rust errors (e.g. a truncated tokenizer.json) are plain Exceptions
+        raise InvalidInputError(f"{source}: the tokenizer files cannot be loaded ({exc})",
+                                "the tokenizer files are damaged; copy them again") from None
+
+
+def build_model(cfg: ModelConfig, tokenizer: Any, where: str) -> Any:
+    """``MultiEncoderVLM(cfg, tokenizer)``, with a value the model code cannot build from (an
+    LLM config transformers refuses, a shape that does not divide) reported against ``where``."""
+    from meteor_cli.errors import MeteorError
+    from meteor_cli.model.vlm import MultiEncoderVLM
+
+    try:
+        return MultiEncoderVLM(cfg, tokenizer)
+    except MeteorError:
+        raise
+    except (TypeError, ValueError, KeyError, AttributeError, AssertionError, RuntimeError) as exc:
+        raise InvalidInputError(f"{where}: the model it describes cannot be built ({type(exc).__name__}: {exc})",
+                                "compare with `meteor inspect` of a working checkpoint") from None
 
 
 def load_checkpoint(directory: str | os.PathLike[str], device: str | torch.device = "cpu") -> Any:
     """Rebuild the model of ``directory`` and load its weights exactly."""
-    from transformers import AutoTokenizer
-
-    from meteor_cli.model.vlm import MultiEncoderVLM
-
-    cfg = read_config(directory)
-    weights = Path(directory) / (WEIGHTS if (Path(directory) / WEIGHTS).is_file() else INDEX)
-    if not has_weights(directory):
+    d = Path(directory)
+    cfg = read_config(d)
+    weights = d / (WEIGHTS if (d / WEIGHTS).is_file() else INDEX)
+    if not has_weights(d):
         raise InputNotFoundError(f"{directory} has no {WEIGHTS}", "the checkpoint is incomplete")
-    tok = AutoTokenizer.from_pretrained(directory) if (Path(directory) / "tokenizer.json").is_file() else None
-    vlm = MultiEncoderVLM(cfg, tok)
-    sd = read_weights(directory)
+    shard_files(d)  # confined and present: fail before the (slow) model build
+    tok = _load_tokenizer(d, cfg)
+    vlm = build_model(cfg, tok, str(d / "config.json"))
+    sd = read_weights(d)
     own = vlm.state_dict()
     for k, v in sd.items():
         if k not in own:
@@ -213,5 +287,6 @@ def load_model(spec: str, device: str | torch.device = "cpu", *, seed: int = 0) 
     return MultiEncoderVLM(cfg, tok).to(device).eval()
 
 
-__all__ = ["FORMAT", "checkpoint_dir_of", "has_weights", "load_checkpoint", "read_weights", "write_weights", "load_model", "load_model_config", "read_config", "save_checkpoint", "LLMConfig",
+__all__ = ["FORMAT", "TOKENIZER_FILES", "build_model", "checkpoint_dir_of", "has_weights", "load_checkpoint",
+           "read_weights", "shard_files", "write_weights", "load_model", "load_model_config", "read_config", "save_checkpoint", "LLMConfig",
            "UsageError"]

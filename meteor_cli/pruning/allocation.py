@@ -163,6 +163,9 @@ def build_allocation(
     else:
         if (total is None) == (keep_ratio is None):
             raise UsageError("give exactly one of --total and --keep-ratio", "e.g. --total 1193 (EAGLE-X4)")
+        if keep_ratio is not None and not 0 < keep_ratio <= 1:
+            raise UsageError(f"--keep-ratio {keep_ratio} must be in (0, 1]: a ratio of 0 keeps no token",
+                             "e.g. --keep-ratio 0.15 keeps 15 % of the native tokens")
         final = total if total is not None else max(len(encoders), round(keep_ratio * n0))  # type: ignore[operator]
         totals = geometric_totals(n0, final, p)
     keep = allocate({n: e["rank"] for n, e in encoders.items()}, native, totals, strategy)
@@ -178,5 +181,51 @@ def build_allocation(
     }
 
 
-__all__ = ["STRATEGIES", "allocate", "allocate_point", "build_allocation", "check_totals", "geometric_totals",
+def check_allocation_fits(allocation: Mapping[str, Any], encoders: Mapping[str, Any], *, name: str = "allocation") -> None:
+    """Refuse an allocation that does not fit the model it is applied to, naming the field.
+
+    ``encoders``: name → encoder adapter (``vlm.encoders``) or :class:`~meteor_cli.config.EncoderConfig`.
+    Checked: the same encoder names; one budget per pruning point of the encoder; the
+    allocation's ``points`` inside the encoder's depth and equal to its pruning points; the
+    first budget at most the encoder's native token count (and the allocation's
+    ``native_tokens``, when present, equal to it); budgets that never grow.
+    """
+    enc = allocation["stage1"]["encoders"]
+    if sorted(enc) != sorted(encoders):
+        raise InvalidInputError(f"{name}: the allocation covers encoders {sorted(enc)} but the model has {sorted(encoders)}",
+                                "run `meteor allocate` on ranks estimated with this model")
+    native_field = allocation.get("native_tokens") or {}
+    for n, e in enc.items():
+        model_enc = encoders[n]
+        cfg = getattr(model_enc, "cfg", model_enc)
+        depth = int(cfg.depth)
+        prune_points = list(getattr(model_enc, "prune_points", None) or cfg.prune_points or [])
+        native = int(getattr(model_enc, "num_tokens", None) or cfg.num_tokens)
+        where = f"{name}: stage1.encoders.{n}"
+        keep, points = list(e["keep"]), e.get("points")
+        if len(keep) != len(prune_points):
+            raise InvalidInputError(f"{where}.keep has {len(keep)} budgets for the encoder's {len(prune_points)} "
+                                    f"pruning points {prune_points}", "rerun `meteor allocate` with this model's ranks")
+        if points is not None:
+            beyond = [p for p in points if p >= depth]
+            if beyond:
+                raise InvalidInputError(f"{where}.points {points}: block {beyond[0]} is beyond the encoder's depth "
+                                        f"({depth} blocks, indices 0..{depth - 1})",
+                                        "rerun `meteor rank-estimate` and `meteor allocate` with this model")
+            if list(points) != prune_points:
+                raise InvalidInputError(f"{where}.points is {list(points)} but the model prunes {n} after blocks "
+                                        f"{prune_points}", "rerun `meteor rank-estimate` and `meteor allocate` with this model")
+        if n in native_field and native_field[n] != native:
+            raise InvalidInputError(f"{name}: native_tokens.{n} is {native_field[n]} but the model's {n} has {native} "
+                                    "tokens", "the allocation was made for another model; rerun `meteor allocate`")
+        if keep[0] > native:
+            raise InvalidInputError(f"{where}.keep starts at {keep[0]} tokens, more than the {native} the encoder has",
+                                    "rerun `meteor allocate` with this model's ranks")
+        if any(b > a for a, b in zip(keep, keep[1:])):
+            raise InvalidInputError(f"{where}.keep {keep} grows from one point to the next",
+                                    "budgets must not increase; rerun `meteor allocate`")
+
+
+__all__ = ["STRATEGIES", "allocate", "allocate_point", "build_allocation", "check_allocation_fits", "check_totals",
+           "geometric_totals",
            "weights_for"]

@@ -47,14 +47,10 @@ def select_topk(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 def allocation_budgets(allocation: Mapping[str, Any], encoders: Mapping[str, Any]) -> dict[str, list[int]]:
     """encoder name → Stage-1 budgets of an allocation body, checked against the model's encoders."""
+    from meteor_cli.pruning.allocation import check_allocation_fits
+
+    check_allocation_fits(allocation, encoders)
     enc = allocation["stage1"]["encoders"]
-    if sorted(enc) != sorted(encoders):
-        raise InvalidInputError(f"the allocation covers encoders {sorted(enc)} but the model has {sorted(encoders)}",
-                                "run `meteor allocate` on ranks estimated with this model")
-    for name, e in enc.items():
-        if len(e["keep"]) != len(encoders[name].prune_points):
-            raise InvalidInputError(f"allocation: encoder {name!r} has {len(e['keep'])} budgets for "
-                                    f"{len(encoders[name].prune_points)} pruning points")
     return {n: list(e["keep"]) for n, e in enc.items()}
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from meteor_cli.data.llava import iter_json_records, load_image, record_id, resolve_image
+from meteor_cli.data.llava import conversation_turns, iter_json_records, load_image, record_id, resolve_image
 from meteor_cli.errors import InvalidInputError
 from meteor_cli.pruning.estimate import image_tensor
 
@@ -52,14 +52,15 @@ def exchanges(rec: dict[str, Any], index: int) -> list[Exchange]:
     """
     pairs: list[Exchange] = []
     question: str | None = None
-    for turn in rec.get("conversations") or []:
-        if turn.get("from") == "human":
-            question = turn["value"]
-        elif turn.get("from") == "gpt" and question is not None:
-            pairs.append((question, turn["value"]))
+    turns = conversation_turns(rec, index)  # a malformed conversation is a named error
+    for speaker, value in turns:
+        if speaker == "human":
+            question = value
+        elif speaker == "gpt" and question is not None:
+            pairs.append((question, value))
             question = None
     if not pairs:
-        speakers = {t.get("from") for t in rec.get("conversations") or []}
+        speakers = {speaker for speaker, _ in turns}
         missing = "human" if "human" not in speakers else "gpt"
         raise InvalidInputError(f"record {record_id(rec, index)} has no {missing} turn",
                                 "every training record needs a human question and a gpt answer")
