@@ -4,18 +4,30 @@ accuracy), DocVQA ANLS, ChartQA relaxed accuracy, OCRBench. Hand computations in
 from __future__ import annotations
 
 import doctest
+import importlib
+import pkgutil
 
 import pytest
 
 from meteor_cli.eval import benchmarks as B
 from meteor_cli.eval import metrics as M
 
+_METRIC_MODULES = [importlib.import_module(f"{M.__name__}.{m.name}") for m in pkgutil.iter_modules(M.__path__)]
 
-@pytest.mark.parametrize("module", [M, B])
+
+@pytest.mark.parametrize("module", [m for m in _METRIC_MODULES if not m.__name__.endswith(".base")],
+                         ids=lambda m: m.__name__.rsplit(".", 1)[-1])
 def test_docstring_examples_hold(module):
-    # every public function carries a worked example; keep them true
+    # every public metric function carries a worked example; keep them true
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.failed == 0 and result.attempted > 5
+
+
+@pytest.mark.parametrize("name", ["metrics", "metrics.base", "benchmarks", "benchmarks.base", "benchmarks.synthvqa",
+                                  ])
+def test_other_docstring_examples_hold(name):
+    result = doctest.testmod(importlib.import_module(f"meteor_cli.eval.{name}"), optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0 and result.attempted >= 1
 
 
 # -- EvalAI normalisation ------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Built-in benchmarks: file loading and scoring, registered for ``meteor eval`` / ``meteor list``.
+"""SynthVQA (``meteor synth``): file loading and per-family scoring, registered for ``meteor eval``.
 
 SynthVQA (``meteor synth``) is scored per family with the metric of the benchmark it stands in
 for, and the families are averaged::
@@ -40,6 +40,7 @@ from typing import Any
 
 from meteor_cli.data.synthvqa import FAMILIES, POPE_CATEGORIES, SHORT_ANSWER
 from meteor_cli.errors import InputNotFoundError, InvalidInputError, UsageError
+from meteor_cli.eval.benchmarks.base import Benchmark, Item, Loaded, resolve_image
 from meteor_cli.eval.metrics import MetricResult, chartqa_relaxed_accuracy, gqa_accuracy, pope_metrics
 from meteor_cli.registry import register_benchmark
 
@@ -134,7 +135,8 @@ def _prediction_text(pred: Any, qid: Any) -> str:
 
 
 def _family_accuracy(result: MetricResult) -> dict[str, Any]:
-    return {"accuracy": result.value, "n": result.n, "metric": result.metric, "protocol": result.protocol}
+    return {"accuracy": result.value, "n": result.n, "metric": result.metric, "protocol": result.protocol,
+            "n_unparsed": result.n_failed_parse}
 
 
 def score_synthvqa(
@@ -243,9 +245,16 @@ def _subcategory_accuracy(subs: Sequence[str], correct: Sequence[bool]) -> dict[
     return {s: {"accuracy": 100.0 * sum(v) / len(v), "n": len(v)} for s, v in sorted(groups.items())}
 
 
+LAYOUT = """\
+DIR/                        (written by `meteor synth --out DIR`; DIR/eval also accepted)
+  eval/questions.jsonl      question_id, image, text, category (+ subcategory)
+  eval/answers.jsonl        question_id, text (ground truth), category, subcategory
+  images/eval/*.png"""
+
+
 @register_benchmark("synthvqa", description="SynthVQA (meteor synth): general/hallucination/ocr/chart, "
-                    "scored as GQA/POPE/exact-match/ChartQA; mean accuracy over families")
-class SynthVQA:
+                    "scored as GQA/POPE/exact-match/ChartQA; mean accuracy over families", layout="synthvqa")
+class SynthVQA(Benchmark):
     """The SynthVQA benchmark: reads ``eval/questions.jsonl`` + ``eval/answers.jsonl`` and scores outputs.
 
     Example:
@@ -255,6 +264,8 @@ class SynthVQA:
     """
 
     name = "synthvqa"
+    layouts = {"synthvqa": LAYOUT}
+    protocols = ("llava",)
     families: tuple[str, ...] = FAMILIES
     prompt_suffix = SHORT_ANSWER
     questions_file = "questions.jsonl"
@@ -307,6 +318,38 @@ class SynthVQA:
         if isinstance(predictions, (str, os.PathLike)):
             predictions = read_predictions(predictions)
         return score_synthvqa(answers, predictions, missing=missing)
+
+    def load_items(self, data: Path, *, image_root: Path | None = None, variant: str | None = None,
+                   allow_outside_root: bool = False) -> Loaded:
+        """The questions as :class:`Item` (images against ``--image-root``, then the set's directory)."""
+        self.check_variant(variant)
+        questions, answers = self.load(data)
+        d = self.eval_dir(data)
+        roots = [r for r in (image_root, Path(data), d.parent, d) if r is not None]
+        items = []
+        for q in questions:
+            a = answers[q["question_id"]]
+            items.append(Item(q["question_id"], q["text"],
+                              resolve_image(str(q["image"]), roots, allow_outside_root=allow_outside_root),
+                              str(a["text"]), category=q["category"], subcategory=a.get("subcategory"),
+                              image_name=str(q["image"])))
+        return Loaded(items, "synthvqa", [str(d / self.questions_file), str(d / self.answers_file)],
+                      prompt={"suffix": SHORT_ANSWER, "source": "question file text"})
+
+    def score_rows(self, rows: Sequence[Mapping[str, Any]], *, protocol: str = "llava") -> dict[str, Any]:
+        """:func:`score_synthvqa` over sample rows, with the headline labelled (mean over families)."""
+        self.check_protocol(protocol)
+        answers = {r["question_id"]: {"text": r["answer"], "category": r["category"],
+                                      "subcategory": r.get("subcategory") or ""} for r in rows}
+        out = score_synthvqa(answers, {r["question_id"]: r["text"] for r in rows}, missing="error")
+        fams = out["families"]
+        correct = [s["correct"] for s in out["per_sample"]]
+        out.update({"headline": "mean accuracy over families (unweighted)", "protocol": "llava",
+                    "overall": 100.0 * sum(correct) / len(correct) if correct else None,
+                    "category_mean": out["mean"],
+                    "categories": {f: {"score": v["accuracy"], "n": v["n"]} for f, v in fams.items()},
+                    "n_unparsed": sum(f["n_unparsed"] for f in fams.values())})
+        return out
 
 
 __all__ = ["SynthVQA", "normalize_synth_ocr", "read_jsonl", "read_predictions", "score_synthvqa"]
