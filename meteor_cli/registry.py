@@ -15,6 +15,23 @@ built-in ones::
 Registering a name twice warns (:class:`DuplicateRegistrationWarning`) and the later
 registration wins, as in timm's ``register_model``.
 
+Adding a built-in entry, and keeping ``meteor list`` fast
+---------------------------------------------------------
+``meteor list`` must not import torch: it reads built-in registrations from the *source* of the
+modules in :data:`BUILTIN_MODULES` (:mod:`meteor_cli.catalog`), and only stages that use an
+entry import it. So a new built-in is one ``register_*`` call, nothing else to edit, written as
+a top-level decorator or top-level statement with literal arguments::
+
+    @register_benchmark("my-bench", description="…")        # literal name, description, meta
+    class MyBench: ...
+
+    register_policy("my-policy", stage=2, description="…")(my_policy_fn)   # fn defined here
+
+in a module of :data:`BUILTIN_MODULES` (or a new ``.py`` file inside one of its packages, e.g.
+``meteor_cli/model/encoders/``, imported by that package's ``__init__``). A registration in a
+loop, inside a function or with computed names still works but makes ``meteor list`` import
+its module; ``tests/robustness/test_list_fast.py`` fails when a built-in does that.
+
 Plugins
 -------
 A distribution can add entries by declaring an entry point in the group ``meteor.plugins``::

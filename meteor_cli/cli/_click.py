@@ -14,13 +14,14 @@ from typer.core import TyperGroup, TyperOption
 try:
     from typer._click import ClickException, Command, Parameter
     from typer._click.core import ParameterSource
+    from typer._click.exceptions import BadParameter
     from typer._click.globals import get_current_context
 except ImportError:  # pragma: no cover - Typer on top of Click
-    from click import ClickException, Command, Parameter, get_current_context  # type: ignore[no-redef]
+    from click import BadParameter, ClickException, Command, Parameter, get_current_context  # type: ignore[no-redef]
     from click.core import ParameterSource  # type: ignore[no-redef]
 
 Option = TyperOption
 Group = TyperGroup
 
-__all__ = ["Abort", "ClickException", "Command", "Context", "Exit", "Group", "Option", "Parameter", "ParameterSource",
+__all__ = ["Abort", "BadParameter", "ClickException", "Command", "Context", "Exit", "Group", "Option", "Parameter", "ParameterSource",
            "get_current_context", "typer"]

@@ -6,7 +6,9 @@ Shell completion: ``meteor --install-completion`` or the scripts in ``completion
 
 from __future__ import annotations
 
-from typing import Annotated
+import os
+import sys
+from typing import Annotated, NoReturn
 
 import typer
 
@@ -24,6 +26,7 @@ from meteor_cli.cli import (
     train,
 )
 from meteor_cli.cli.common import MeteorGroup, meteor_command
+from meteor_cli.errors import ExitCode
 
 HELP = """\
 METEOR: prune visual tokens at every stage of a multi-encoder vision-language model.
@@ -79,6 +82,24 @@ for _name, _fn in COMMANDS.items():
     app.command(_name)(_fn)
 
 
+def _reader_went_away(*_: object) -> NoReturn:
+    """stdout's reader closed the pipe (``meteor list | head``): stop quietly with exit 0, as Unix
+    tools do. Later writes (and the interpreter's final flush) go to /dev/null."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    raise SystemExit(int(ExitCode.OK))
+
+
 def main() -> None:
-    """Console-script entry point (``meteor``)."""
-    app(prog_name="meteor")
+    """Console-script entry point (``meteor``).
+
+    A closed stdout ends every command with exit 0, handled once here: ``BrokenPipeError`` from
+    any write, and rich's own broken-pipe handler (which would exit 1).
+    """
+    from rich.console import Console
+
+    Console.on_broken_pipe = _reader_went_away  # type: ignore[method-assign]
+    try:
+        app(prog_name="meteor")
+    except BrokenPipeError:
+        _reader_went_away()

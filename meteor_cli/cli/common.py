@@ -35,6 +35,7 @@ import logging
 import os
 import sys
 import traceback
+import typing
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
@@ -306,7 +307,14 @@ def _make_run(ctx: click.Context, command: str, common: dict[str, Any]) -> Run:
         verbosity=verbosity,
         config_file=ctx.meta.get("meteor.config_file"),
     )
-    parse_device(run.device_spec)  # syntax errors now, before any work (exit code 2)
+    try:
+        parse_device(run.device_spec)  # syntax errors now, before any work (exit code 2)
+    except UsageError as exc:
+        param = next((p for p in ctx.command.params if p.name == "device"), None)
+        where = _source_of(ctx, param) if param is not None and "device" not in inherited else "command line"
+        if where not in ("command line", "default"):
+            raise UsageError(f"{exc.message} (from {where})", exc.hint) from None
+        raise
     _verbosity = verbosity
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     log.setLevel(logging.WARNING if verbosity < 0 else logging.DEBUG if verbosity > 0 else logging.INFO)
@@ -367,9 +375,12 @@ def load_project_file(path: str | os.PathLike[str], root: click.Command) -> dict
                         f"config file {p}: [{key}] has no option {k!r}",
                         f"did you mean {close[0].replace('_', '-')!r}?" if close
                         else f"`meteor {key} --help` lists its options")
+                _check_file_value(p, f"[{key}]", k, v, [options[key][nk]])
                 table[nk] = v
             out[key] = table
         elif norm in anywhere:
+            params = [o[norm] for o in [*options.values(), _option_names(root)] if norm in o]
+            _check_file_value(p, "top level", key, val, params)
             out[""][norm] = val
         else:
             close = difflib.get_close_matches(norm, anywhere)
@@ -377,6 +388,24 @@ def load_project_file(path: str | os.PathLike[str], root: click.Command) -> dict
                 f"config file {p}: {key!r} is not an option of any meteor subcommand",
                 f"did you mean {close[0].replace('_', '-')!r}?" if close else "see `meteor <command> --help`")
     return out
+
+
+def _check_file_value(path: Path, where: str, key: str, value: Any, params: list[click.Parameter]) -> None:
+    """Refuse values TOML types wrongly for the option: ``true`` for a number (``bool`` is an
+    ``int`` in Python, so it would silently become 1), a list or table for a single value."""
+    for param in params:
+        ann = getattr(getattr(param, "type_descriptor", None), "annotation", None)
+        args = [a for a in (typing.get_args(ann) or (ann,)) if a is not type(None)]
+        multiple = bool(getattr(param, "multiple", False)) or (getattr(param, "nargs", 1) or 1) != 1
+        if isinstance(value, bool) and not getattr(param, "is_flag", False) and bool not in args:
+            names = {int: "an integer", float: "a number", str: "a string", Path: "a path"}
+            want = " or ".join(names.get(a, getattr(a, "__name__", str(a))) for a in args) or "a value"
+            raise InvalidInputError(f"config file {path} {where}: {key} = {json.dumps(value)}: {param.opts[0]} takes "
+                                    f"{want}, not true/false", f"write {want} for {key!r} in {path}")
+        if isinstance(value, (list, dict)) and not multiple:
+            raise InvalidInputError(f"config file {path} {where}: {key} is a TOML "
+                                    f"{'array' if isinstance(value, list) else 'table'}, but {param.opts[0]} takes "
+                                    "one value", f"write a single value for {key!r} in {path}")
 
 
 def _defaults_for(ctx: click.Context, table: Mapping[str, Any]) -> dict[str, Any]:
@@ -398,8 +427,8 @@ def _source_of(ctx: click.Context, param: click.Parameter) -> str:
         return "command line"
     if src == ParameterSource.ENVIRONMENT:
         envs = [param.envvar] if isinstance(param.envvar, str) else list(param.envvar or [])
-        used = next((e for e in envs if e in os.environ), envs[0] if envs else "?")
-        return f"environment ({used})"
+        used = next((e for e in envs if os.environ.get(e)), None)  # Click skips empty variables too
+        return f"environment ({used})" if used else "environment"
     if src == ParameterSource.DEFAULT_MAP:
         table = ctx.meta.get("meteor.config_table", {})
         section = f"[{ctx.info_name}]" if param.name in table.get(ctx.info_name, {}) else "top level"
@@ -465,6 +494,12 @@ def reporting_errors(prog: str = "meteor") -> Iterator[None]:
     except KeyboardInterrupt:
         typer.echo(f"{prog}: interrupted", err=True)
         raise click.Exit(int(ExitCode.INTERRUPTED)) from None
+    except click.BadParameter as exc:
+        better = _bad_value_source(exc)
+        if better is None:  # from the command line: Click's own message says it
+            raise
+        typer.echo(f"{prog}: error: {better.message}\n  Fix: {better.hint}", err=True)
+        raise click.Exit(int(better.exit_code)) from None
     except (click.ClickException, click.Exit, click.Abort):
         raise
     except Exception as exc:  # a bug in meteor
@@ -476,6 +511,31 @@ def reporting_errors(prog: str = "meteor") -> Iterator[None]:
             err=True,
         )
         raise click.Exit(int(ExitCode.INTERNAL)) from None
+
+
+def _bad_value_source(exc: Any) -> MeteorError | None:
+    """A bad option value that came from a METEOR_* variable or the project file, as an error
+    naming that variable (and its value) or the file and table — not the option's variables
+    in general, which may not be set. None for values from the command line."""
+    ctx, param = getattr(exc, "ctx", None), getattr(exc, "param", None)
+    if ctx is None or param is None or not getattr(param, "name", None):
+        return None
+    src = ctx.get_parameter_source(param.name)
+    opt = param.opts[0] if getattr(param, "opts", None) else param.name
+    if src == ParameterSource.ENVIRONMENT:
+        envs = [param.envvar] if isinstance(param.envvar, str) else list(param.envvar or [])
+        used = next((e for e in envs if os.environ.get(e)), None)
+        if used is None:
+            return None
+        return UsageError(f"environment variable {used}={os.environ[used]!r} (for {opt}): {exc.message}",
+                          f"fix the value of {used}, or unset it")
+    if src == ParameterSource.DEFAULT_MAP:
+        where = _source_of(ctx, param)
+        table = ctx.meta.get("meteor.config_table", {})
+        value = table.get(ctx.info_name or "", {}).get(param.name, table.get("", {}).get(param.name))
+        return InvalidInputError(f"config file {where}: {param.name.replace('_', '-')} = {value!r} (for {opt}): "
+                                 f"{exc.message}", f"fix the value in {ctx.meta.get('meteor.config_file', PROJECT_FILE)}")
+    return None
 
 
 class MeteorGroup(typer.core.TyperGroup):

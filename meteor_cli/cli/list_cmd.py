@@ -32,17 +32,11 @@ def main(
     run: Run = None,  # type: ignore[assignment]
 ) -> None:
     """List registered encoders, pruning policies, benchmarks and model presets."""
-    from meteor_cli.registry import REGISTRIES, load_builtins_and_plugins
+    from meteor_cli.catalog import catalog
 
-    plugins = load_builtins_and_plugins()
-    kinds = list(REGISTRIES) if what is What.all else [what.value]
-    result = {
-        kind: [
-            {"name": e.name, "description": e.description, "module": e.module, **e.meta}
-            for e in REGISTRIES[kind].entries(filter)
-        ]
-        for kind in kinds
-    }
+    # Names, descriptions and metadata are read from the registering modules' source, so listing
+    # imports no model code (no torch): see meteor_cli/catalog.py.
+    result, plugins = catalog(None if what is What.all else [what.value], filter)
 
     def human() -> None:
         from rich.console import Console

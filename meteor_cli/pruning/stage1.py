@@ -224,9 +224,12 @@ class PruMergePlus(Stage1):
         return keep, prumerge_merge(state.x, attn, keep, mode=self.merge, neighbours=self.neighbours)
 
 
-for _name, _desc in (("meteor", "mean-token similarity at the first point, CLS attention later (rank-guided budgets)"),
-                     ("similarity", "mean-token similarity at every point"),
-                     ("random", "seeded uniform choice (ablation)")):
-    register_policy(_name, stage=1, description=_desc)(lambda budgets, _c=_name, **kw: Stage1(budgets, _c, **kw))
+# One literal call per policy, so `meteor list` reads them without importing torch (meteor_cli.catalog).
+register_policy("meteor", stage=1, description="mean-token similarity at the first point, CLS attention later "
+                "(rank-guided budgets)")(lambda budgets, **kw: Stage1(budgets, "meteor", **kw))
+register_policy("similarity", stage=1, description="mean-token similarity at every point")(
+    lambda budgets, **kw: Stage1(budgets, "similarity", **kw))
+register_policy("random", stage=1, description="seeded uniform choice (ablation)")(
+    lambda budgets, **kw: Stage1(budgets, "random", **kw))
 register_policy("prumerge+", stage=1, description="PruMerge+ baseline: IQR outliers of CLS attention + spatial samples, "
                 "pruned tokens merged into kept ones")(PruMergePlus)

@@ -546,3 +546,90 @@ def test_unreadable_directory_for_output_is_named(tmp_path, monkeypatch):
 
 def test_usage_error_is_not_swallowed():
     assert issubclass(OutputNotWritableError, A.MeteorError) and not issubclass(OutputNotWritableError, UsageError)
+
+
+# --------------------------------------------------------------------------------------------
+# Item 11: `meteor inspect` checks what it calls valid
+# --------------------------------------------------------------------------------------------
+
+
+def test_inspect_missing_shard(sharded, cli):
+    shard = sorted(set(_index(sharded)["weight_map"].values()))[-1]
+    (sharded / shard).unlink()
+    _named(cli("inspect", str(sharded)), ExitCode.NOT_FOUND, f"shard {shard}", "is missing")
+
+
+def test_inspect_truncated_shard(sharded, cli):
+    shard = sorted(set(_index(sharded)["weight_map"].values()))[0]
+    _truncate_data(sharded / shard)
+    _named(cli("inspect", str(sharded)), ExitCode.INVALID_INPUT, shard, "truncated")
+
+
+def test_inspect_index_mapping_a_tensor_to_the_wrong_shard(sharded, cli):
+    index = _index(sharded)
+    shards = sorted(set(index["weight_map"].values()))
+    name = next(k for k, v in index["weight_map"].items() if v == shards[0])
+    index["weight_map"][name] = shards[1]
+    _set_index(sharded, index)
+    _named(cli("inspect", str(sharded)), ExitCode.INVALID_INPUT, repr(name), "does not hold it")
+
+
+def test_inspect_verify_reads_every_tensor(ckpt, cli):
+    from safetensors.torch import load_file, save_file
+
+    res = cli("inspect", str(ckpt), "--verify", "--json")
+    assert res.exit_code == 0, res.output
+    verified = json.loads(res.stdout)["safetensors"][0]["verified"]
+    assert verified["n_tensors"] > 100 and verified["n_bytes"] > 1_000_000
+    sd = load_file(str(ckpt / "model.safetensors"))
+    name = sorted(k for k, v in sd.items() if v.is_floating_point())[0]
+    sd[name].view(-1)[0] = float("nan")
+    save_file(sd, str(ckpt / "model.safetensors"))
+    assert cli("inspect", str(ckpt)).exit_code == 0  # headers and ranges are fine
+    _named(cli("inspect", str(ckpt), "--verify"), ExitCode.INVALID_INPUT, repr(name), "NaN/inf")
+
+
+# --------------------------------------------------------------------------------------------
+# Item 12: a bad value names where it came from
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("toml, env, code, fragments", [
+    ('seed = "abc"\n', {}, ExitCode.INVALID_INPUT, ["meteor.toml top level", "seed = 'abc'"]),
+    ('[allocate]\ntotal = "x"\n', {}, ExitCode.INVALID_INPUT, ["meteor.toml [allocate]", "total = 'x'"]),
+    ('[allocate]\ntotal = true\n', {}, ExitCode.INVALID_INPUT, ["[allocate]: total = true", "not true/false"]),
+    ('fusion-keep = [1, 2]\n', {}, ExitCode.INVALID_INPUT, ["top level: fusion-keep is a TOML array"]),
+    ('device = "tpu"\n', {}, ExitCode.USAGE, ["unknown device 'tpu'", "meteor.toml top level"]),
+    ("", {"METEOR_SEED": "abc"}, ExitCode.USAGE, ["METEOR_SEED='abc'"]),
+    ("", {"METEOR_ALLOCATE_TOTAL": "x"}, ExitCode.USAGE, ["METEOR_ALLOCATE_TOTAL='x'"]),
+    ("", {"METEOR_DEVICE": "tpu"}, ExitCode.USAGE, ["unknown device 'tpu'", "METEOR_DEVICE"]),
+])
+def test_bad_values_name_their_source(cli, tmp_path, toml, env, code, fragments):
+    if toml:
+        (tmp_path / "meteor.toml").write_text(toml)
+    res = cli("allocate", "--ranks", "r.json", env=env)
+    _named(res, code, *fragments)
+    unset = {"METEOR_ALLOCATE_SEED", "METEOR_ALLOCATE_DEVICE", "METEOR_SEED", "METEOR_DEVICE",
+             "METEOR_TOTAL"} - set(env)
+    assert not any(v in res.stderr for v in unset), res.stderr  # never blames a variable that is not set
+
+
+# --------------------------------------------------------------------------------------------
+# Item 13: artifacts are written with the user's umask
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("umask, file_mode, dir_mode", [(0o022, 0o644, 0o755), (0o077, 0o600, 0o700),
+                                                        (0o002, 0o664, 0o775)])
+def test_outputs_follow_the_umask(tmp_path, umask, file_mode, dir_mode):
+    import stat
+
+    old = os.umask(umask)
+    try:
+        A.atomic_write(tmp_path / "a.json", "{}")
+        with A.atomic_dir(tmp_path / "d") as tmp:
+            (tmp / "x").write_text("x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == file_mode
+    assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == dir_mode
