@@ -1,19 +1,26 @@
-"""``meteor eval``: accuracy, tokens kept per stage and latency on a benchmark.
+"""``meteor eval``: scores, tokens kept per stage and latency on a benchmark; shards merged exactly.
 
     meteor eval --model ckpt/ --benchmark synthvqa --data synthvqa --out metrics.json
+    meteor eval --model ckpt/ --benchmark pope --data playground/data/eval/pope --image-root coco/val2014
     meteor eval --model ckpt/ --data synthvqa --allocation allocation.json --prune-llm prune-llm.json --out m.json
+    # SLURM array: one shard per task, then one exact merge
+    meteor eval ... --num-chunks 4 --chunk-idx $SLURM_ARRAY_TASK_ID --out m$SLURM_ARRAY_TASK_ID.json
+    meteor eval merge m0.json m1.json m2.json m3.json --out metrics.json
 
-Writes ``metrics.json`` (``meteor.metrics/v1``: scores, mean tokens per stage, seconds per
-sample, the settings used) and ``samples.jsonl`` (one line per question: output, correctness,
-tokens per encoder after Stage 2, Stage-3 counts per layer, time). Generation is greedy with a
-KV cache; Stage 3 prunes once at prefill (static).
+Writes ``metrics.json`` (``meteor.metrics/v1``: the labelled headline score next to the overall
+accuracy and the mean over categories, unparsed and skipped counts, mean tokens per stage,
+seconds per sample, the prompt and settings used) and the per-sample file derived from ``--out``
+(``m0.json`` → ``m0.samples.jsonl``): one row per question with the output, ground truth,
+category, subcategory, parsed answer, correctness and token counts. The per-sample file is
+appended as the run goes; rerunning the same command resumes after the last finished sample.
+Generation is greedy with a KV cache; Stage 3 prunes once at prefill (static).
 """
 
 from __future__ import annotations
 
-import json
+import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -23,11 +30,30 @@ from meteor_cli.errors import InvalidInputError, UsageError
 
 @meteor_command("eval", uses_device=True)
 def main(
+    parts: Annotated[list[str] | None, typer.Argument(
+        help="`merge SHARD.json...` combines the shards' metrics and per-sample files into --out.",
+        metavar="[merge SHARD...]", show_default=False)] = None,
     model: Annotated[str | None, typer.Option("--model", help="Checkpoint directory, preset or config JSON.")] = None,
-    benchmark: Annotated[str, typer.Option("--benchmark", help="Benchmark name (`meteor list benchmarks`).")] = "synthvqa",
-    data: Annotated[Path | None, typer.Option("--data", help="Benchmark directory (holding eval/questions.jsonl).")] = None,
+    benchmark: Annotated[str, typer.Option(
+        "--benchmark", help="Benchmark name; `meteor list benchmarks` shows each one's expected layout.")] = "synthvqa",
+    data: Annotated[Path | None, typer.Option(
+        "--data", help="The benchmark's directory (LLaVA playground/official files, or lmms-eval parquet); "
+        "for --benchmark llava the question file.")] = None,
     image_root: Annotated[Path | None, typer.Option(
-        "--image-root", help="Image directory (default: the benchmark directory).")] = None,
+        "--image-root", help="Image directory (default: the layout's image folder, then the question file's directory).")] = None,
+    allow_outside_root: Annotated[bool, typer.Option(
+        "--allow-outside-root", help="Accept image paths that leave the image root (absolute, `..`, symlinks).")] = False,
+    variant: Annotated[str | None, typer.Option(
+        "--variant", help="Benchmark variant (e.g. textvqa: ocr|no-ocr; pope: all|random|popular|adversarial).")] = None,
+    protocol: Annotated[str | None, typer.Option(
+        "--protocol", help="Scoring rules where the references differ: llava (paper tables; default) or lmms. "
+        "With merge: rescore the shards with it.", show_default=False)] = None,
+    answers: Annotated[Path | None, typer.Option(
+        "--answers", help="--benchmark llava: the answer file (question_id, answer or answers, optional category).")] = None,
+    metric: Annotated[str | None, typer.Option(
+        "--metric", help="--benchmark llava: exact, vqa, relaxed, anls, yesno or choice.")] = None,
+    max_missing: Annotated[int, typer.Option(
+        "--max-missing", min=0, help="Fail when more questions than this have no ground truth in the annotations.")] = 0,
     allocation: Annotated[Path | None, typer.Option("--allocation", help="Stage 1–2 budgets (allocation artifact).")] = None,
     prune_llm: Annotated[Path | None, typer.Option("--prune-llm", help="Stage-3 settings (prune-llm artifact).")] = None,
     stage1_method: Annotated[str | None, typer.Option(
@@ -39,77 +65,236 @@ def main(
     chunk_idx: Annotated[int, typer.Option("--chunk-idx", min=0, help="Which shard this process evaluates.")] = 0,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output metrics artifact (`-` = stdout).")] = Path("metrics.json"),
     samples_out: Annotated[Path | None, typer.Option(
-        "--samples-out", help="Per-sample outputs (JSONL) (default: samples.jsonl next to --out).")] = None,
+        "--samples-out", help="Per-sample rows (JSONL; `-` = stdout). Default: --out with .samples.jsonl "
+        "(m0.json → m0.samples.jsonl); none with --out -.")] = None,
+    restart: Annotated[bool, typer.Option(
+        "--restart", help="Discard the per-sample file of an earlier run with this --out instead of resuming it.")] = False,
     run: Run = None,  # type: ignore[assignment]
 ) -> None:
     """Evaluate a model on a benchmark, with any combination of the three pruning stages."""
-    import math
+    from meteor_cli.eval.results import samples_path_for
 
-    from meteor_cli.artifacts import atomic_write, make_artifact, read_artifact, write_artifact
-    from meteor_cli.eval.runner import install_pruning, run_questions
-    from meteor_cli.model.checkpoint import load_model
-    from meteor_cli.registry import BENCHMARKS, load_builtins_and_plugins
-
+    stdout_out = str(out) == "-"
+    if samples_out is not None and str(samples_out) == "-" and stdout_out:
+        raise UsageError("--out - and --samples-out - would both write to stdout",
+                         "send one of them to a file, e.g. --out metrics.json --samples-out -")
+    if samples_out is None and not stdout_out:
+        samples_out = samples_path_for(out)
+    if parts:
+        if parts[0] != "merge" or len(parts) < 2:
+            raise UsageError(f"unexpected argument {parts[0]!r}", "the only positional form is: merge SHARD.json...")
+        _merge(run, [Path(p) for p in parts[1:]], out, samples_out, protocol)
+        return
     if model is None or data is None:
         raise UsageError("--model and --data are required", "e.g. --model ckpt/ --data synthvqa")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and num_chunks == 1:  # torchrun: one shard per rank, written next to --out
+        num_chunks, chunk_idx = world, int(os.environ.get("RANK", "0"))
+        if not stdout_out:
+            out = _rank_path(out, chunk_idx, num_chunks)
+            samples_out = samples_path_for(out)
+    _evaluate(run, model=model, benchmark=benchmark, data=data, image_root=image_root,
+              allow_outside_root=allow_outside_root, variant=variant, protocol=protocol or "llava", answers=answers, metric=metric,
+              max_missing=max_missing, allocation=allocation, prune_llm=prune_llm, stage1_method=stage1_method,
+              batch_size=batch_size, max_new_tokens=max_new_tokens, limit=limit, num_chunks=num_chunks,
+              chunk_idx=chunk_idx, out=out, samples_out=samples_out, restart=restart)
+
+
+def _rank_path(out: Path, k: int, n: int) -> Path:
+    stem = out.name[:-5] if out.name.endswith(".json") else out.name
+    return out.with_name(f"{stem}.{k}-of-{n}.json")
+
+
+def _evaluate(run: Run, *, model: str, benchmark: str, data: Path, image_root: Path | None, allow_outside_root: bool,
+              variant: str | None, protocol: str, answers: Path | None, metric: str | None, max_missing: int,
+              allocation: Path | None, prune_llm: Path | None, stage1_method: str | None, batch_size: int,
+              max_new_tokens: int, limit: int | None, num_chunks: int, chunk_idx: int, out: Path,
+              samples_out: Path | None, restart: bool) -> None:
+    from meteor_cli.artifacts import make_artifact, read_artifact, write_artifact
+    from meteor_cli.eval.results import SampleSink, digest, shard_items, summarize
+    from meteor_cli.eval.runner import EvalSetting, evaluate_items
+    from meteor_cli.registry import BENCHMARKS, load_builtins_and_plugins
+
     load_builtins_and_plugins()
     bench = BENCHMARKS.get(benchmark)()
+    bench.check_protocol(protocol)
+    options: dict[str, Any] = {}
+    if benchmark == "llava":
+        options = {"answers": answers, "metric": metric}
+    elif answers is not None or metric is not None:
+        raise UsageError("--answers and --metric apply to --benchmark llava only",
+                         f"{benchmark} reads its own annotation files from --data")
+    if chunk_idx >= num_chunks:
+        raise UsageError(f"--chunk-idx {chunk_idx} must be below --num-chunks {num_chunks}")
     alloc = read_artifact(allocation, "meteor.allocation", what="--allocation") if allocation else None
     method1 = stage1_method_for(alloc.body if alloc else None, stage1_method)
     s3 = read_artifact(prune_llm, "meteor.prune-llm", what="--prune-llm") if prune_llm else None
-    questions, answers = bench.load(data)
-    if chunk_idx >= num_chunks:
-        raise UsageError(f"--chunk-idx {chunk_idx} must be below --num-chunks {num_chunks}")
-    if not questions:
+    pruned = alloc is not None or s3 is not None or method1 is not None
+    settings = [EvalSetting("custom" if pruned else "unpruned", None, alloc.body if alloc else None,
+                            s3.body if s3 else None, method1)]
+
+    loaded = bench.load_items(data, image_root=image_root, variant=variant, allow_outside_root=allow_outside_root,
+                              **options)
+    _check_missing(run, loaded, max_missing)
+    items = loaded.items
+    if not items:
         raise InvalidInputError(f"--data {data}: the {benchmark} benchmark there has no questions",
                                 "check --data (an empty or wrong file)")
-    size = math.ceil(len(questions) / num_chunks)
-    n_all, questions = len(questions), questions[chunk_idx * size:(chunk_idx + 1) * size][:limit]
-    if not questions:
+    if limit is not None:
+        items = _limit(items, limit)
+    shard = shard_items(items, num_chunks, chunk_idx)
+    if not shard:
         raise UsageError(f"--chunk-idx {chunk_idx} of --num-chunks {num_chunks} selects no question "
-                         f"({n_all} in all, {size} per shard)", f"use at most {math.ceil(n_all / size)} shards")
-    run.seed_everything()
-    vlm = load_model(model, run.device.torch, seed=run.seed)
-    stage3 = install_pruning(vlm, alloc.body if alloc else None, s3.body if s3 else None, seed=run.seed,
-                             stage1_method=method1)
-    with run.progress(total=len(questions), desc=f"eval {benchmark}", unit="q") as bar:
-        rows = run_questions(vlm, questions, image_root or Path(data), stage3=stage3, batch_size=batch_size,
-                             max_new_tokens=max_new_tokens, progress=bar.update)
-    scores = bench.score(answers, {r["question_id"]: r["text"] for r in rows}, missing="skip")
-    correct = {s.get("qid"): s.get("correct", s.get("score")) for s in scores.get("per_sample", [])}
-    for r in rows:
-        r["correct"] = correct.get(r["question_id"])
-    n = len(rows)
-    tokens = {
-        "stage2_visual": sum(r["visual_tokens"] for r in rows) / n,
-        "stage3_layer_averaged": sum(r["stage3"]["layer_averaged"] for r in rows) / n,
-        "per_encoder": {k: sum(r["per_encoder"][k] for r in rows) / n for k in rows[0]["per_encoder"]},
-    }
-    body = {
-        "benchmark": benchmark, "n": n, "model": model,
-        "metrics": {k: v for k, v in scores.items() if k != "per_sample"},
-        "tokens": tokens, "latency": {"seconds_per_sample": sum(r["seconds"] for r in rows) / n,
-                                      "batch_size": batch_size, "device": str(run.device)},
-        "settings": {"allocation": alloc.body if alloc else None, "stage1_method": method1,
-                     "prune_llm": s3.body if s3 else None,
-                     "generation": {"greedy": True, "max_new_tokens": max_new_tokens, "kv_cache": True,
-                                    "stage3": "static (pruned once at prefill)"},
-                     "num_chunks": num_chunks, "chunk_idx": chunk_idx, "limit": limit},
-    }
+                         f"({len(items)} in all)", f"use at most {len(items)} shards")
+    identity = {"benchmark": benchmark, "data": str(Path(data).resolve()), "variant": variant, "layout": loaded.layout,
+                "options": {k: str(v) if v is not None else None for k, v in options.items()},
+                "model": str(Path(model).resolve()) if Path(model).exists() else model,
+                "settings": [s.identity() for s in settings], "max_new_tokens": max_new_tokens, "limit": limit,
+                "seed": run.seed, "num_chunks": num_chunks, "questions": digest([it.qid for it in items])}
+    run_id = digest({**identity, "chunk_idx": chunk_idx})
+    if samples_out is None:
+        run.info("per-sample rows are not kept with --out - (pass --samples-out FILE to keep them and to be able "
+                 "to resume)")
+    sink = SampleSink(samples_out, run_id)
+    done_rows = sink.resume(restart)
+    done = {(f"{r['method']}@{r['budget']}" if r.get("budget") is not None else r["method"], r["pos"])
+            for r in done_rows}
+    n_planned = len(shard) * len(settings)
+    n_todo = n_planned - len(done)
+    if done_rows:
+        run.info(f"resuming {samples_out}: {len(done_rows)} of {n_planned} samples done, {n_todo} to go")
+    if n_todo > 0:
+        run.seed_everything()
+        from meteor_cli.model.checkpoint import load_model
+
+        vlm = load_model(model, run.device.torch, seed=run.seed)
+        sink.open(restart)
+        try:
+            with run.progress(total=n_planned, initial=len(done), desc=f"eval {benchmark}", unit="sample",
+                              smoothing=0.1) as bar:
+                evaluate_items(vlm, shard, settings, done=done, sink=sink, run_id=run_id, batch_size=batch_size,
+                               max_new_tokens=max_new_tokens, seed=run.seed, progress=bar.update)
+        finally:
+            sink.close()
+    results, scored = summarize(bench, sink.rows, settings, protocol)
+    run_info = {"id": run_id, "identity": identity, "chunk_idx": chunk_idx, "n_planned": n_planned,
+                "protocol": protocol,
+                "samples": (os.path.relpath(samples_out, Path(out).parent) if samples_out is not None
+                            and str(samples_out) != "-" and str(out) != "-" else None)}
+    body = _body(benchmark, model, results, scored, batch_size, str(run.device),
+                 {"allocation": alloc.body if alloc else None, "stage1_method": method1,
+                  "prune_llm": s3.body if s3 else None, "protocol": protocol, "variant": variant,
+                  "generation": {"greedy": True, "max_new_tokens": max_new_tokens, "kv_cache": True,
+                                 "stage3": "static (pruned once at prefill)"},
+                  "num_chunks": num_chunks, "chunk_idx": chunk_idx, "limit": limit, "run": run_info},
+                 {"layout": loaded.layout, "files": loaded.files, "prompt": loaded.prompt,
+                  "n_questions": len(loaded.items), "n_missing": len(loaded.missing),
+                  "missing_examples": loaded.missing[:10]})
     inputs = [p for p in (allocation, prune_llm) if p is not None]
     art = make_artifact("meteor.metrics", body, inputs=inputs)
-    samples_path = samples_out or (out.with_name("samples.jsonl") if str(out) != "-" else Path("samples.jsonl"))
-    atomic_write(samples_path, "".join(json.dumps(r) + "\n" for r in rows))
+    sink.finalize(scored)
     write_artifact(out, art)
+    run.emit(art.to_dict(), lambda: _human(body, out, samples_out), stdout_used=_uses_stdout(out, samples_out))
 
-    def human() -> None:
-        fam = scores.get("families", {})
-        typer.echo(f"{benchmark}: mean {scores.get('mean', scores.get('value', 0)):.1f} over {n} questions")
-        for name, f in fam.items():
-            typer.echo(f"  {name:<14} {f.get('accuracy', 0):5.1f}")
-        typer.echo(f"visual tokens into the LLM {tokens['stage2_visual']:.1f}, layer-averaged "
-                   f"{tokens['stage3_layer_averaged']:.1f}; {body['latency']['seconds_per_sample'] * 1000:.0f} ms/sample")
-        if str(out) != "-":
-            typer.echo(f"wrote {out} and {samples_path}")
 
-    run.emit(art.to_dict(), human, stdout_used=str(out) == "-")
+def _uses_stdout(out: Path, samples_out: Path | None) -> bool:
+    return str(out) == "-" or (samples_out is not None and str(samples_out) == "-")
+
+
+def _check_missing(run: Run, loaded: Any, max_missing: int) -> None:
+    n = len(loaded.missing)
+    if not n:
+        return
+    msg = (f"{n} question(s) have no ground truth in the annotation files, e.g. question_id "
+           f"{', '.join(map(repr, loaded.missing[:3]))}")
+    if n > max_missing:
+        raise InvalidInputError(msg, f"check that the question and annotation files belong together, or pass "
+                                f"--max-missing {n} to evaluate the others")
+    run.warn(msg + " (left out)")
+
+
+def _limit(items: list[Any], limit: int) -> list[Any]:
+    """The first ``limit`` items, plus the rest of any group the cut would split."""
+    head = items[:limit]
+    groups = {it.group for it in head if it.group is not None}
+    return head + [it for it in items[limit:] if it.group is not None and it.group in groups]
+
+
+def _body(benchmark: str, model: str | None, results: list[dict[str, Any]], scored: list[dict[str, Any]],
+          batch_size: int, device: str, settings: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+    first = results[0]
+    secs = [r["seconds"] for r in scored if "seconds" in r]
+    return {"benchmark": benchmark, "n": first["n"], "model": model, "metrics": first["metrics"],
+            "tokens": first["tokens"], "results": results,
+            "latency": {"seconds_per_sample": sum(secs) / len(secs) if secs else None, "batch_size": batch_size,
+                        "device": device},
+            "settings": settings, "data": data}
+
+
+def _merge(run: Run, parts: list[Path], out: Path, samples_out: Path | None, protocol: str | None) -> None:
+    from meteor_cli.artifacts import make_artifact, write_artifact
+    from meteor_cli.eval.results import SampleSink, merge_shards, summarize
+    from meteor_cli.eval.runner import EvalSetting
+    from meteor_cli.registry import BENCHMARKS, load_builtins_and_plugins
+
+    load_builtins_and_plugins()
+    bodies, rows, inputs = merge_shards(parts)
+    ref = bodies[0]
+    identity = ref["settings"]["run"]["identity"]
+    proto = protocol or ref["settings"]["run"]["protocol"]
+    bench = BENCHMARKS.get(identity["benchmark"])()
+    bench.check_protocol(proto)
+    settings = [EvalSetting(s["method"], s["budget"], s["allocation"], s["prune_llm"], s["stage1_method"])
+                for s in identity["settings"]]
+    results, scored = summarize(bench, rows, settings, proto)
+    n_planned = sum(b["settings"]["run"]["n_planned"] for b in bodies)
+    st = dict(ref["settings"])
+    st.update({"protocol": proto, "num_chunks": 1, "chunk_idx": 0,
+               "merged_from": [str(p) for p in parts],
+               "run": {**ref["settings"]["run"], "chunk_idx": None, "n_planned": n_planned, "protocol": proto,
+                       "samples": (os.path.relpath(samples_out, out.parent) if samples_out is not None
+                                   and str(samples_out) != "-" and str(out) != "-" else None)}})
+    data = dict(ref["data"])
+    body = _body(identity["benchmark"], ref.get("model"), results, scored, ref["latency"]["batch_size"],
+                 ref["latency"]["device"], st, data)
+    art = make_artifact("meteor.metrics", body, inputs=inputs)
+    SampleSink(samples_out, st["run"]["id"]).finalize(scored)
+    write_artifact(out, art)
+    run.emit(art.to_dict(), lambda: _human(body, out, samples_out), stdout_used=_uses_stdout(out, samples_out))
+
+
+def _fmt(v: Any, digits: int = 1) -> str:
+    return "—" if v is None else f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+
+def _human(body: dict[str, Any], out: Path, samples_out: Path | None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(soft_wrap=True)
+    results = body["results"]
+    first = results[0]["metrics"]
+    console.print(f"[bold]{body['benchmark']}[/bold]: {first.get('headline', first.get('metric'))} = "
+                  f"{_fmt(first.get('value'), 2)} over {results[0]['n']} questions (protocol "
+                  f"{body['settings'].get('protocol')}; overall accuracy {_fmt(first.get('overall'))}, mean of "
+                  f"{len(first.get('categories') or {})} categories {_fmt(first.get('category_mean'))}; "
+                  f"{first.get('n_unparsed', 0)} unparsed, {first.get('n_skipped', 0)} skipped)")
+    cats = first.get("categories") or {}
+    if cats and len(results) == 1:
+        for name, c in cats.items():
+            console.print(f"  {name:<28} {_fmt(c['score']):>6}  (n={c['n']})")
+    table = Table(title_justify="left")
+    for col in ("method", "budget", "score", "overall", "cat. mean", "n", "unparsed", "skipped", "visual tokens",
+                "layer-avg", "ms/sample"):
+        table.add_column(col, justify="left" if col == "method" else "right")
+    for r in results:
+        m, t = r["metrics"], r["tokens"]
+        secs = r.get("seconds_per_sample")
+        table.add_row(r["method"], _fmt(r["budget"]), _fmt(m.get("value"), 2), _fmt(m.get("overall")),
+                      _fmt(m.get("category_mean")), str(r["n"]), str(m.get("n_unparsed", 0)),
+                      str(m.get("n_skipped", 0)), _fmt(t.get("stage2_visual")), _fmt(t.get("stage3_layer_averaged")),
+                      _fmt(secs * 1000 if secs is not None else None, 0))
+    console.print(table)
+    if str(out) != "-":
+        where = f" and {samples_out}" if samples_out is not None and str(samples_out) != "-" else ""
+        console.print(f"wrote {out}{where}")

@@ -8,7 +8,8 @@ layer and layer-averaged) and the time the batch took.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -83,3 +84,93 @@ def run_questions(vlm: Any, questions: Sequence[dict[str, Any]], image_root: Pat
         if progress is not None:
             progress(len(batch))
     return rows
+
+
+# ------------------------------------------------------------------------------------------------
+# meteor eval: benchmark items × evaluation settings, rows streamed to a per-sample sink
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EvalSetting:
+    """One (method, budget) setting of a ``meteor eval`` run: what to install before generating."""
+
+    method: str
+    budget: int | None = None
+    allocation: dict[str, Any] | None = None
+    prune_llm: dict[str, Any] | None = None
+    stage1_method: str | None = None
+
+    @property
+    def label(self) -> str:
+        return self.method if self.budget is None else f"{self.method}@{self.budget}"
+
+    def identity(self) -> dict[str, Any]:
+        """What makes two settings the same run (JSON-ready)."""
+        return {"method": self.method, "budget": self.budget, "allocation": self.allocation,
+                "prune_llm": self.prune_llm, "stage1_method": self.stage1_method}
+
+
+def _chunks(seq: Sequence[Any], n: int) -> Iterator[Sequence[Any]]:
+    for i in range(0, len(seq), n):
+        yield seq[i:i + n]
+
+
+@torch.no_grad()
+def evaluate_items(vlm: Any, items: Sequence[tuple[int, Any]], settings: Sequence[EvalSetting], *,
+                   done: set[tuple[str, int]], sink: Callable[[list[dict[str, Any]]], None], run_id: str,
+                   batch_size: int = 1, max_new_tokens: int = 16, seed: int = 0,
+                   progress: Callable[[int], None] | None = None) -> int:
+    """Generate answers for every (setting, item) not in ``done``; rows go to ``sink`` batch by batch.
+
+    ``items`` are ``(pos, Item)`` with ``pos`` the item's place in the whole (unsharded) run, so
+    rows from shards and resumed runs sort back into one order. An image that cannot be read
+    gives a row with ``skipped`` (the reason) instead of an answer. Returns the rows written.
+    """
+    from meteor_cli.eval.benchmarks.base import open_image
+    from meteor_cli.pruning.schedule import layer_averaged_tokens
+
+    size = max(e.cfg.image_size for e in vlm.encoders.values())
+    n_layers = vlm.llm.config.num_hidden_layers
+    written = 0
+    for setting in settings:
+        pending = [(pos, it) for pos, it in items if (setting.label, pos) not in done]
+        if not pending:
+            continue
+        stage3 = install_pruning(vlm, setting.allocation, setting.prune_llm, seed=seed,
+                                 stage1_method=setting.stage1_method)
+        for batch in _chunks(pending, batch_size):
+            rows: list[dict[str, Any]] = []
+            ok: list[tuple[int, Any, Any]] = []
+            for pos, it in batch:
+                head = {"run": run_id, "pos": pos, "method": setting.method, "budget": setting.budget}
+                try:
+                    ok.append((pos, it, open_image(it.image)))
+                except Exception as exc:  # OSError, bad base64, decompression bomb: skip and count
+                    rows.append({**head, **it.record(), "skipped": f"{type(exc).__name__}: {exc}"})
+            if ok:
+                imgs = torch.stack([image_tensor(im, size) for _, _, im in ok])
+                prompts = [it.prompt if "<image>" in it.prompt else "<image>\n" + it.prompt for _, it, _ in ok]
+                t0 = time.perf_counter()
+                texts, inputs, vis, sess = vlm.generate(imgs, prompts, max_new_tokens=max_new_tokens, stage3=stage3,
+                                                        details=True)
+                dt = (time.perf_counter() - t0) / len(ok)
+                for b, (pos, it, _) in enumerate(ok):
+                    n_vis = inputs.visual_len[b]
+                    if sess is not None and sess.kept:
+                        layers = sorted(sess.kept)
+                        kept = [len(sess.kept[p][b]) for p in layers]
+                        s3 = {"layers": layers, "kept": kept,
+                              "layer_averaged": layer_averaged_tokens(n_vis, layers, kept, n_layers)}
+                    else:
+                        s3 = {"layers": [], "kept": [], "layer_averaged": float(n_vis)}
+                    rows.append({"run": run_id, "pos": pos, "method": setting.method, "budget": setting.budget,
+                                 **it.record(), "text": texts[b], "visual_tokens": n_vis,
+                                 "per_encoder": {k: v[b] for k, v in vis.per_encoder.items()}, "stage3": s3,
+                                 "seconds": round(dt, 4)})
+            rows.sort(key=lambda r: r["pos"])
+            sink(rows)
+            written += len(rows)
+            if progress is not None:
+                progress(len(batch))
+    return written

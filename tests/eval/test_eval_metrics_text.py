@@ -24,7 +24,7 @@ def test_docstring_examples_hold(module):
 
 
 @pytest.mark.parametrize("name", ["metrics", "metrics.base", "benchmarks", "benchmarks.base", "benchmarks.synthvqa",
-                                  ])
+                                  "results"])
 def test_other_docstring_examples_hold(name):
     result = doctest.testmod(importlib.import_module(f"meteor_cli.eval.{name}"), optionflags=doctest.ELLIPSIS)
     assert result.failed == 0 and result.attempted >= 1

@@ -1,4 +1,4 @@
-"""`meteor eval`: all three stages from artifacts, metrics.json + samples.jsonl with token counts."""
+"""`meteor eval`: all three stages from artifacts, metrics.json + metrics.samples.jsonl with token counts."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def test_eval_with_all_stages(cli, tmp_path):
     assert data["tokens"]["stage2_visual"] == 20
     # fixed schedule: 20 tokens enter layers 0, 12 layers 1-2, 5 layer 3 → (20 + 2·12 + 5) / 4
     assert data["tokens"]["stage3_layer_averaged"] == (20 + 24 + 5) / 4
-    rows = [json.loads(x) for x in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    rows = [json.loads(x) for x in (tmp_path / "metrics.samples.jsonl").read_text().splitlines()]
     assert len(rows) == 4 and all(sum(r["per_encoder"].values()) == 20 for r in rows)
     assert all(r["stage3"]["kept"] == [12, 5] and isinstance(r["correct"], bool) for r in rows)
     assert data["settings"]["prune_llm"]["method"] == "fixed"

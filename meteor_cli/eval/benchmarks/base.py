@@ -332,13 +332,17 @@ def open_image(ref: ImageRef | None) -> Any:
         from meteor_cli.data.llava import load_image
 
         return load_image(ref)
+    from meteor_cli.data.llava import UnreadableImageError
+
     raw = ref() if callable(ref) else ref
     try:
         with Image.open(io.BytesIO(raw)) as im:
             im.load()
             return im.convert("RGB")
-    except Image.DecompressionBombError as exc:
-        raise ValueError(str(exc)) from None
+    except OSError:
+        raise
+    except Exception as exc:  # a decompression bomb, a malformed header: as load_image does for files
+        raise UnreadableImageError(f"cannot decode the image ({type(exc).__name__}: {exc})") from None
 
 
 # ------------------------------------------------------------------------------------------------
