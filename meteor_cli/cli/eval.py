@@ -140,6 +140,12 @@ def _evaluate(run: Run, *, model: str, benchmark: str, data: Path, image_root: P
     if not items:
         raise InvalidInputError(f"--data {data}: the {benchmark} benchmark there has no questions",
                                 "check --data (an empty or wrong file)")
+    seen: set[str] = set()
+    for it in items:
+        if repr(it.qid) in seen:
+            raise InvalidInputError(f"--data {data}: question_id {it.qid!r} appears more than once",
+                                    "every question needs its own id (rows, resume and merge are keyed on it)")
+        seen.add(repr(it.qid))
     if limit is not None:
         items = _limit(items, limit)
     shard = shard_items(items, num_chunks, chunk_idx)

@@ -1,0 +1,35 @@
+"""Helpers for benchmark tests: SynthVQA images the embedded `tiny-synthvqa` model answers predictably.
+
+The first 16 questions of SynthVQA (seed 0) and what `tiny-synthvqa` answers to them with the short-answer
+instruction (greedy; the benchmark tests assert the outputs they rely on). Benchmark fixtures reuse these
+images and questions in each benchmark's own file layout, so the expected scores can be worked out by hand.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+#: pos → (question, tiny-synthvqa's answer, SynthVQA's ground truth)
+SYNTH = {
+    0: ("What shape is the blue object?", "circle", "circle"),
+    1: ("Is there a green circle in the image?", "yes", "yes"),
+    3: ("Is bar B taller than bar D?", "no", "no"),
+    4: ("Is the orange square on the left or on the right?", "right", "right"),
+    5: ("Is there a red circle in the image?", "yes", "yes"),
+    7: ("Which bar is the tallest?", "c", "C"),
+    8: ("What shape is the red object?", "circle", "square"),
+    9: ("Is there a red circle in the image?", "no", "no"),
+    11: ("Which bar is the tallest?", "d", "D"),
+    12: ("Is the yellow triangle at the top or at the bottom?", "bottom", "top"),
+    13: ("Is there a red square in the image?", "no", "no"),
+    15: ("Is bar A taller than bar B?", "yes", "yes"),
+}
+
+
+def synth_image(synth_dir: Path, pos: int) -> Path:
+    return synth_dir / "images" / "eval" / f"{pos:06d}.png"
+
+
+def synth_png(synth_dir: Path, pos: int) -> bytes:
+    return synth_image(synth_dir, pos).read_bytes()
