@@ -51,6 +51,12 @@ def main(
         "--stage1-method", help="Stage-1 policy: meteor, similarity, random, prumerge+ (`meteor list policies`).")] = "meteor",
     stage2_method: Annotated[str, typer.Option(
         "--stage2-method", help="Stage-2 policy: meteor (collaborative), separate, random (`meteor list policies`).")] = "meteor",
+    stage2_score: Annotated[str, typer.Option(
+        "--stage2-score", help="Redundancy score of the meteor Stage-2 policy: sum (the paper's), or the [inferred] "
+        "normalised mean, encoder-mean, zscore (docs/synthvqa.md compares them).")] = "sum",
+    stage2_floor: Annotated[float, typer.Option(
+        "--stage2-floor", min=0.0, max=1.0, help="[inferred] Each encoder first keeps this fraction of its "
+        "proportional share of --fusion-keep (0 = the paper's joint selection).")] = 0.0,
     model: Annotated[str | None, typer.Option(
         "--model", help="Check the ranks' encoders against this model (preset, checkpoint or config JSON).")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output allocation artifact (`-` = stdout).")] = Path("allocation.json"),
@@ -80,12 +86,13 @@ def main(
     body = build_allocation(art.body, total=total, keep_ratio=keep_ratio, fusion_keep=fusion_keep,
                             strategy=strategy.value, totals=explicit)
     from meteor_cli.pruning.stage1 import resolve_stage1_method
-    from meteor_cli.pruning.stage2 import resolve_stage2_method
+    from meteor_cli.pruning.stage2 import check_score_options, resolve_stage2_method
 
     resolve_stage1_method(None, stage1_method)  # unknown names fail here, with suggestions
     resolve_stage2_method(None, stage2_method)  # likewise; pre-projection is refused (a fusion, not a selection)
+    check_score_options(stage2_score, stage2_floor)
     body["stage1"]["method"] = stage1_method
-    body["stage2"]["method"] = stage2_method
+    body["stage2"].update(method=stage2_method, score=stage2_score, floor=stage2_floor)
     result = make_artifact("meteor.allocation", body, inputs=[ranks])
     write_artifact(out, result)
     final = body["stage1"]["totals"][-1]

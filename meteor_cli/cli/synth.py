@@ -28,6 +28,9 @@ def main(
     max_objects: Annotated[int, typer.Option("--max-objects", min=1, help="Most shapes per scene.")] = 6,
     turns: Annotated[int, typer.Option(
         "--turns", min=1, help="Questions per training image (a multi-turn conversation); evaluation stays single.")] = 1,
+    ocr_style: Annotated[str, typer.Option(
+        "--ocr-style", help="How OCR text is drawn: cells (generator v3: one glyph per 16-px cell of an 8x8 grid) "
+        "or free (v2: small text anywhere).")] = "cells",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --out if it exists.")] = False,
     run: Run = None,  # type: ignore[assignment]
 ) -> None:
@@ -35,7 +38,7 @@ def main(
     from meteor_cli.data.synthvqa import SynthConfig, generate
 
     cfg = SynthConfig(image_size=image_size, min_objects=min_objects, max_objects=max_objects,
-                      families=tuple(f.strip() for f in families.split(",") if f.strip()))
+                      families=tuple(f.strip() for f in families.split(",") if f.strip()), ocr_style=ocr_style)
     with run.progress(total=train + eval_, desc="rendering", unit="img") as bar:
         manifest = generate(out, n_train=train, n_eval=eval_, seed=run.seed, cfg=cfg, overwrite=overwrite, turns=turns,
                             progress=bar.update)

@@ -3,24 +3,40 @@
 After each encoder's projector the tokens live in one space (the LLM's), so redundancy *across*
 encoders can be measured directly. For token i of encoder j::
 
-    R_i = Σ_{tokens m of every OTHER encoder} cos(z_i, z_m)        (reduce="mean": / their count)
+    R_i = Σ_{tokens m of every OTHER encoder} cos(z_i, z_m)        (score="sum", the paper's)
 
 and the ``keep`` tokens with the LOWEST R are kept, jointly over all encoders — so how many
 tokens each encoder contributes varies per image. Output order: grouped by encoder, raster order
 inside (ascending indices of the encoder-grouped input).
+
+The paper's raw sum puts encoders with different token counts and similarity scales on
+different footings: a token of a 16-token encoder is compared with 80 tokens of the others, a
+token of the 64-token encoder with 32, and projectors that map their encoder into a tighter cone
+score higher everywhere. Normalised variants, all **[inferred]** (not in the paper), selected by
+``score`` (``meteor allocate --stage2-score``, recorded in the allocation):
+
+* ``mean`` — R_i divided by the number of other-encoder tokens;
+* ``encoder-mean`` — the mean over the other encoders of the mean similarity to each one's
+  tokens (every other encoder weighs the same, whatever its token count);
+* ``zscore`` — the paper's sum standardised within each encoder, per sample ((R - mean) / std
+  over that encoder's tokens): a token competes by how redundant it is *for its encoder*;
+
+and ``floor`` (``--stage2-floor F``): each encoder first keeps its ``floor(F · quota)`` least
+redundant tokens (quota ∝ its token count, as ``separate`` uses), the rest of the budget is
+chosen jointly. ``floor=0`` is the paper's joint selection.
 
 Memory: one (rows × N) float32 block per sample at a time; rows = N unless N·N·4 bytes exceeds
 ``max_bytes``, then row chunks (EAGLE-X4 unpruned reaches N ≈ 8k: 256 MB per full matrix).
 Chunking does not change a single score bit-for-bit beyond float summation order, and the
 selection is tested to be identical.
 
-Registered Stage-2 policies: ``meteor`` (collaborative), ``separate`` (intra-encoder
+Registered Stage-2 policies: ``meteor`` (collaborative, with the ``score``/``floor`` options above), ``separate`` (intra-encoder
 redundancy with per-encoder quotas), ``random`` (seeded per sample); plugins add more.
 
 A Stage-2 policy is registered as a function ``policy(z (B, N, d), encoder_ids (N,), keep, **options)
 -> Stage2Result`` (a bare (B, K) index tensor is accepted too). :class:`Stage2` looks the name up in
 the registry (:func:`resolve_stage2_method`: an unknown name is a :class:`UsageError` listing the
-registered ones) and passes each of its options (``reduce``, ``seed``, ``max_bytes``) only to a
+registered ones) and passes each of its options (``score``, ``floor``, ``seed``, ``max_bytes``) only to a
 policy whose signature takes it. ``pre-projection`` is registered for discovery but is a fusion
 architecture, not a token selection (meta ``fusion=True``), so it cannot run as a Stage-2 policy.
 """
@@ -50,13 +66,23 @@ def _lowest(scores: torch.Tensor, k: int) -> torch.Tensor:
     return torch.sort(order, dim=1).values
 
 
+#: Redundancy scores of the ``meteor`` Stage-2 policy (see the module docstring); ``sum`` is the paper's.
+SCORES = ("sum", "mean", "encoder-mean", "zscore")
+
+
 def redundancy(z: torch.Tensor, encoder_ids: torch.Tensor, *, same: bool = False, reduce: str = "sum",
                max_bytes: int = 256 << 20) -> torch.Tensor:
-    """(B, N, d) → (B, N): summed cosine similarity to the tokens of the other encoders
-    (``same=True``: to the other tokens of the same encoder)."""
+    """(B, N, d) → (B, N): cosine similarity to the tokens of the other encoders (``same=True``:
+    to the other tokens of the same encoder), reduced as ``reduce`` says: ``sum``, ``mean`` (over
+    those tokens), ``encoder-mean`` (mean over encoders of the mean over each one's tokens) or
+    ``zscore`` (``sum``, standardised within each encoder)."""
+    if reduce not in SCORES:
+        raise UsageError(f"unknown Stage-2 redundancy score {reduce!r}", f"choose from {', '.join(SCORES)}")
     B, N, _ = z.shape
     zn = torch.nn.functional.normalize(z.float(), dim=-1)
     ids = encoder_ids.to(z.device)
+    c = int(ids.max()) + 1
+    onehot = torch.nn.functional.one_hot(ids, c).float()  # (N, C)
     rows = N if N * N * 4 <= max_bytes else max(1, max_bytes // (4 * N))
     out = torch.empty(B, N, dtype=torch.float32, device=z.device)
     for b in range(B):
@@ -67,10 +93,23 @@ def redundancy(z: torch.Tensor, encoder_ids: torch.Tensor, *, same: bool = False
                 mask = mask & ~torch.eye(N, dtype=torch.bool, device=z.device)[r0:r0 + rows]
             else:
                 mask = ~mask
-            s = (sim * mask).sum(-1)
-            if reduce == "mean":
-                s = s / mask.sum(-1).clamp_min(1)
+            if reduce == "encoder-mean":
+                per_enc = (sim * mask) @ onehot  # (rows, C): summed similarity to each encoder
+                n_enc = mask.float() @ onehot  # how many of each encoder's tokens were summed
+                present = n_enc > 0
+                s = (per_enc / n_enc.clamp_min(1)).sum(-1) / present.sum(-1).clamp_min(1)
+            else:
+                s = (sim * mask).sum(-1)
+                if reduce == "mean":
+                    s = s / mask.sum(-1).clamp_min(1)
             out[b, r0:r0 + rows] = s
+    if reduce == "zscore":
+        for e in range(c):
+            cols = ids == e
+            part = out[:, cols]
+            mu = part.mean(1, keepdim=True)
+            sd = part.std(1, keepdim=True, unbiased=False).clamp_min(1e-6)
+            out[:, cols] = (part - mu) / sd
     return out
 
 
@@ -79,16 +118,36 @@ def _counts(idx: torch.Tensor, encoder_ids: torch.Tensor, c: int) -> torch.Tenso
     return torch.stack([(kept == i).sum(1) for i in range(c)], dim=1)
 
 
-def collaborative_prune(z: torch.Tensor, encoder_ids: torch.Tensor, keep: int, *, reduce: str = "sum",
+def collaborative_prune(z: torch.Tensor, encoder_ids: torch.Tensor, keep: int, *, score: str = "sum",
+                        floor: float = 0.0, reduce: str | None = None,
                         max_bytes: int = 256 << 20) -> Stage2Result:
-    """Keep the ``keep`` tokens least redundant with the other encoders (jointly)."""
+    """Keep the ``keep`` tokens least redundant with the other encoders (jointly).
+
+    ``score`` picks the redundancy (``SCORES``; ``reduce`` is its older name); ``floor`` > 0
+    first gives every encoder ``floor(floor · quota)`` of its own least redundant tokens.
+    """
     B, N, _ = z.shape
     c = int(encoder_ids.max()) + 1
     if keep >= N:
         idx = torch.arange(N, device=z.device).expand(B, N)
         return Stage2Result(idx, None, _counts(idx, encoder_ids, c))
-    r = redundancy(z, encoder_ids, reduce=reduce, max_bytes=max_bytes)
-    idx = _lowest(r, keep)
+    if not 0.0 <= floor <= 1.0:
+        raise UsageError(f"Stage-2 floor {floor} is outside [0, 1]", "pass --stage2-floor between 0 and 1")
+    r = redundancy(z, encoder_ids, reduce=reduce or score, max_bytes=max_bytes)
+    if floor <= 0:
+        idx = _lowest(r, keep)
+        return Stage2Result(idx, r, _counts(idx, encoder_ids, c))
+    ids = encoder_ids.to(z.device)
+    counts = [int((ids == i).sum()) for i in range(c)]
+    # Per sample: each encoder's floor tokens are forced in (score -inf), then the lowest of the rest.
+    forced = torch.zeros(B, N, dtype=torch.bool, device=z.device)
+    for i, q in enumerate(quotas(counts, keep)):
+        n_floor = int(floor * q)
+        if n_floor:
+            members = torch.nonzero(ids == i).flatten()
+            picked = members[_lowest(r[:, members], n_floor)]  # (B, n_floor)
+            forced.scatter_(1, picked, True)
+    idx = _lowest(torch.where(forced, torch.full_like(r, float("-inf")), r), keep)
     return Stage2Result(idx, r, _counts(idx, encoder_ids, c))
 
 
@@ -176,14 +235,15 @@ class Stage2:
         UsageError: ``method`` is not a registered Stage-2 token-selection policy.
     """
 
-    def __init__(self, keep: int, method: str = "meteor", *, reduce: str = "sum", seed: int = 0,
+    def __init__(self, keep: int, method: str = "meteor", *, score: str = "sum", floor: float = 0.0, seed: int = 0,
                  max_bytes: int = 256 << 20) -> None:
         from meteor_cli.registry import POLICIES
 
-        self.keep, self.reduce, self.seed, self.max_bytes = keep, reduce, seed, max_bytes
+        check_score_options(score, floor)
+        self.keep, self.score, self.floor, self.seed, self.max_bytes = keep, score, floor, seed, max_bytes
         self.method = resolve_stage2_method(None, method)
         self.policy: Callable[..., Any] = POLICIES.get(self.method, stage=2)
-        self.options = _options_for(self.policy, {"reduce": reduce, "seed": seed, "max_bytes": max_bytes})
+        self.options = _options_for(self.policy, {"score": score, "floor": floor, "seed": seed, "max_bytes": max_bytes})
         self.last: Stage2Result | None = None
 
     def __call__(self, z: torch.Tensor, encoder_ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor | None:
@@ -200,12 +260,27 @@ class Stage2:
         return idx
 
 
+def check_score_options(score: str, floor: float) -> None:
+    """Refuse an unknown redundancy ``score`` or a ``floor`` outside [0, 1] (named as the allocation records them)."""
+    if score not in SCORES:
+        raise UsageError(f"unknown Stage-2 redundancy score {score!r} (stage2.score)",
+                         f"choose from {', '.join(SCORES)} (`meteor allocate --stage2-score`)")
+    if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0.0 <= floor <= 1.0:
+        raise UsageError(f"Stage-2 floor {floor!r} (stage2.floor) is not a number in [0, 1]",
+                         "pass --stage2-floor between 0 and 1 to `meteor allocate`")
+
+
 def build_stage2(allocation: Mapping[str, Any], method: str | None = None, *, seed: int = 0) -> Stage2:
-    """The Stage-2 hook for ``allocation``'s ``stage2.keep``, running the policy :func:`resolve_stage2_method` picks."""
-    return Stage2(int(allocation["stage2"]["keep"]), resolve_stage2_method(allocation, method), seed=seed)
+    """The Stage-2 hook for ``allocation``'s ``stage2`` (keep, score, floor), running the policy
+    :func:`resolve_stage2_method` picks. Allocations written before ``score``/``floor`` existed
+    get the paper's ``sum`` and no floor."""
+    s2 = allocation["stage2"]
+    return Stage2(int(s2["keep"]), resolve_stage2_method(allocation, method), score=s2.get("score", "sum"),
+                  floor=s2.get("floor", 0.0), seed=seed)
 
 
-register_policy("meteor", stage=2, description="collaborative: lowest summed similarity to the OTHER encoders' tokens")(
+register_policy("meteor", stage=2, description="collaborative: lowest similarity to the OTHER encoders' tokens "
+                "(--stage2-score sum|mean|encoder-mean|zscore, --stage2-floor)")(
     collaborative_prune)
 register_policy("separate", stage=2, description="intra-encoder redundancy, per-encoder quotas (baseline)")(separate_prune)
 register_policy("random", stage=2, description="uniform random tokens, seeded per sample (baseline)")(random_prune)

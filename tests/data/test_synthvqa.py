@@ -195,3 +195,42 @@ def test_half_the_ocr_conversations_read_glyph_by_glyph_before_the_full_read():
     assert S.conversation(0, "train", 0, item, 5)[0] == (item.question, item.answer)
     ocr = S.make_item(0, "train", 2)
     assert S.conversation(0, "train", 2, ocr, 1) == [(ocr.question, ocr.answer)]  # one turn: nothing to reorder
+
+
+def test_ocr_cells_one_glyph_per_grid_cell_and_deterministic():
+    """Generator v3: each OCR glyph sits in its own cell of an 8x8 grid, on one row, on a plain band."""
+    import numpy as np
+
+    assert S.GENERATOR_VERSION == 3
+    seen = 0
+    for i in range(2, 80, 4):  # eval indices 2, 6, ... are ocr
+        item = S.make_item(7, "eval", i)
+        assert item.family == "ocr"
+        text, row, col = item.meta["text"], item.meta["row"], item.meta["col"]
+        assert item.answer == S.spell(text) and 0 <= col <= 8 - len(text)
+        px = np.asarray(item.image.convert("L"), dtype=np.int32)
+        cell = item.image.size[0] // 8
+        for k in range(len(text)):  # every glyph's cell has ink (text colours are <= 70)
+            box = px[row * cell:(row + 1) * cell, (col + k) * cell:(col + k + 1) * cell]
+            assert (box <= 90).sum() >= 4, (i, text, k)
+        # the same (seed, split, index) gives the same bytes
+        assert S.make_item(7, "eval", i).image.tobytes() == item.image.tobytes()
+        seen += 1
+    assert seen == 20
+
+
+def test_ocr_free_style_reproduces_generator_v2_images():
+    """``ocr_style="free"`` draws version 2's OCR images (pinned digest of one v2 image)."""
+    free = S.make_item(0, "eval", 2, S.SynthConfig(ocr_style="free"))
+    assert free.answer == "k i t e" and "row" not in free.meta
+    assert hashlib.md5(free.image.tobytes()).hexdigest() == "80b59583f1a09aa03da7ec380548beb3"
+    cells = S.make_item(0, "eval", 2)
+    assert cells.answer == free.answer and cells.image.tobytes() != free.image.tobytes()  # same text, new drawing
+    with pytest.raises(UsageError, match="unknown OCR style"):
+        S.SynthConfig(ocr_style="handwritten")
+
+
+def test_synth_records_the_generator_version_and_ocr_style(cli):
+    res = cli("synth", "--out", "v2", "--train", "0", "--eval", "4", "--ocr-style", "free", "-q", "--json")
+    manifest = json.loads(res.stdout)
+    assert manifest["generator_version"] == 3 and manifest["config"]["ocr_style"] == "free"

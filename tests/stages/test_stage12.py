@@ -74,7 +74,7 @@ def test_keep_at_least_n_is_identity_and_chunking_is_exact():
     full = S2.collaborative_prune(z, ids, 17)
     chunked = S2.collaborative_prune(z, ids, 17, max_bytes=7 * 50 * 4)  # 7-row chunks
     assert torch.equal(full.indices, chunked.indices) and torch.allclose(full.scores, chunked.scores, atol=1e-5)
-    mean = S2.collaborative_prune(z, ids, 17, reduce="mean")
+    mean = S2.collaborative_prune(z, ids, 17, score="mean")
     assert mean.indices.shape == (2, 17)
 
 

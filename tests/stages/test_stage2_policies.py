@@ -41,7 +41,7 @@ def vlm():
 def test_registered_policy_is_the_one_applied(first_k):
     z = torch.randn(2, 30, 8)
     ids = torch.tensor([0] * 10 + [1] * 12 + [2] * 8)
-    hook = S2.Stage2(7, first_k, seed=3, reduce="mean")
+    hook = S2.Stage2(7, first_k, seed=3, score="mean")
     assert hook.policy is keep_first and hook.options == {"seed": 3}  # only the options its signature takes
     idx = hook(z, ids, torch.zeros(2, 30, dtype=torch.long))
     assert idx.tolist() == [list(range(7))] * 2 and CALLS == [{"keep": 7, "seed": 3}]
@@ -59,7 +59,7 @@ def test_builtin_names_still_run_their_policies():
         assert hook.policy is fn
         assert torch.equal(hook(z, ids, None), S2.Stage2(5, name, seed=2).policy(z, ids, 5, **hook.options).indices)
     assert S2.Stage2(5, "random", seed=2).options == {"seed": 2}
-    assert S2.Stage2(5, "meteor", reduce="mean").options == {"reduce": "mean", "max_bytes": 256 << 20}
+    assert S2.Stage2(5, "meteor", score="mean").options == {"score": "mean", "floor": 0.0, "max_bytes": 256 << 20}
 
 
 def test_unknown_name_is_an_error_naming_the_registered_ones(first_k):
