@@ -2,7 +2,7 @@
 """Developer tasks that need nothing but Python 3.10+ and pip (no make, no shell tricks).
 
     python3 tasks.py test [PYTEST ARGS]   create .venv if needed, install meteor, run the test suite
-    python3 tasks.py demo                 create .venv if needed, install meteor, run the demo pipeline
+    python3 tasks.py demo [DIR] [--quick] create .venv if needed, install meteor, run `meteor demo`
     python3 tasks.py venv                 only (re)install into .venv
     python3 tasks.py completions          regenerate completions/meteor.{bash,zsh,fish}
     python3 tasks.py pretrain-tiny        the recipe of the tiny SynthVQA model (hours on 2 cores; resumable)
@@ -65,33 +65,17 @@ def test(args: list[str]) -> None:
 
 
 def demo(args: list[str]) -> None:
-    """Run the pipeline as far as this release goes, in a scratch directory."""
+    """``meteor demo``: the whole pipeline on the embedded model, METEOR next to the baselines.
+
+    ``python3 tasks.py demo [DIR] [--quick] [--resume]`` (DIR defaults to a fresh temporary directory).
+    """
     venv()
-    meteor = BIN / "meteor"
-    out = Path(args[0]) if args else Path(tempfile.mkdtemp(prefix="meteor-demo-"))
-    out.mkdir(parents=True, exist_ok=True)
+    flags = [a for a in args if a.startswith("--")]
+    dirs = [a for a in args if not a.startswith("--")]
+    out = Path(dirs[0]) if dirs else Path(tempfile.mkdtemp(prefix="meteor-demo-"))
     print(f"demo output directory: {out}", flush=True)
-    sh(meteor, "--version")
-    sh(meteor, "list")
-    sh(meteor, "synth", "--out", out / "synthvqa", "--train", "200", "--eval", "40", "--overwrite")
-    # Stages that are not built yet exit with code 2 and say so; show that honestly.
-    sh(meteor, "rank-estimate", "--model", "tiny", "--data", out / "synthvqa" / "train.json", "--count", "32",
-       "--grid", "8", "--out", out / "ranks.json")
-    sh(meteor, "allocate", "--ranks", out / "ranks.json", "--keep-ratio", "0.5", "--fusion-keep", "32",
-       "--out", out / "allocation.json")
-    sh(meteor, "train", "--model", "tiny", "--data", out / "synthvqa" / "train.json", "--lr", "1e-3", "--batch-size", "16",
-       "--max-steps", "30", "--allocation", out / "allocation.json", "--out", out / "ckpt")
-    sh(meteor, "prune-llm", "--model", out / "ckpt", "--method", "fixed", "--layers", "1,3", "--keep", "0.5,0.25",
-       "--out", out / "prune-llm.json")
-    sh(meteor, "eval", "--model", out / "ckpt", "--data", out / "synthvqa", "--allocation", out / "allocation.json",
-       "--prune-llm", out / "prune-llm.json", "--limit", "20", "--out", out / "metrics.json")
-    sh(meteor, "flops", "--model", out / "ckpt", "--allocation", out / "allocation.json", "--prune-llm",
-       out / "prune-llm.json", "--out", out / "flops.json")
-    # The embedded model trained on SynthVQA (a few minutes of training above cannot compete with it).
-    sh(meteor, "eval", "--model", "tiny-synthvqa", "--data", out / "synthvqa", "--batch-size", "8",
-       "--out", out / "metrics-tiny-synthvqa.json")
-    sh(meteor, "infer", "--model", out / "ckpt", "--questions", out / "synthvqa" / "eval" / "questions.jsonl",
-       "--image-root", out / "synthvqa", "--max-new-tokens", "4", "--out", out / "answers.jsonl")
+    sh(BIN / "meteor", "--version")
+    sh(BIN / "meteor", "demo", "--out", out, *flags)
 
 
 def completions(args: list[str]) -> None:

@@ -15,6 +15,7 @@ import typer
 from meteor_cli import __version__
 from meteor_cli.cli import (
     allocate,
+    demo,
     eval as eval_cmd,
     flops,
     infer,
@@ -32,6 +33,7 @@ HELP = """\
 METEOR: prune visual tokens at every stage of a multi-encoder vision-language model.
 
 Pipeline: (synth →) rank-estimate → allocate → train → prune-llm → eval | infer | flops.
+`meteor demo` runs all of it on the embedded model and compares METEOR with the baselines.
 Each stage reads and writes self-describing artifacts (JSON or safetensors; `-` = stdin/stdout).
 
 Every option can also be set in ./meteor.toml (or --config FILE) and through environment
@@ -51,6 +53,7 @@ COMMANDS = {
     "infer": infer.main,
     "list": list_cmd.main,
     "inspect": inspect_cmd.main,
+    "demo": demo.main,
 }
 
 app = typer.Typer(
