@@ -23,7 +23,7 @@ def _click_command(name: str):
 
 
 def test_subcommands_are_the_pipeline_plus_tools(cli):
-    assert list(COMMANDS) == ["synth", *STAGES, "list", "inspect"]
+    assert list(COMMANDS) == ["synth", *STAGES, "list", "inspect", "demo"]
     out = cli("--help").stdout
     for name in COMMANDS:
         assert name in out

@@ -1,0 +1,59 @@
+"""``meteor demo``: budgets solved per method, and the --quick path end to end through the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from meteor_cli.cli import demo as D
+from meteor_cli.errors import UsageError
+from meteor_cli.pruning.schedule import layer_averaged_tokens
+
+
+@pytest.mark.parametrize("n,target,layers,k", [(96, 48, 4, 1), (96, 24, 8, 1), (576, 192, 32, 2)])
+def test_fastv_ratio_hits_the_layer_average(n, target, layers, k):
+    r = D.fastv_ratio(n, target, layers, k)
+    assert layer_averaged_tokens(n, [k], [n * (1 - r)], layers) == pytest.approx(target)
+
+
+def test_fastv_setting_moves_k_earlier_only_when_it_must():
+    assert D._fastv_setting(576, 192, 32)[0] == 2  # FastV's own K
+    assert D._fastv_setting(96, 48, 4)[0] == 1  # K=2 of 4 layers cannot average 48 of 96
+    with pytest.raises(UsageError, match="raise --budget"):
+        D._fastv_setting(96, 10, 4)
+
+
+@pytest.mark.parametrize("n,target,layers,points", [(96, 48, 4, [1, 2, 3]), (576, 192, 32, [8, 16, 24])])
+def test_pdrop_ratio_hits_the_layer_average(n, target, layers, points):
+    r = D.pdrop_ratio(n, target, layers, points)
+    kept = [n * r ** (i + 1) for i in range(len(points))]
+    assert layer_averaged_tokens(n, points, kept, layers) == pytest.approx(target, abs=0.05)
+    with pytest.raises(UsageError, match="cannot average"):
+        D.pdrop_ratio(96, 20, 4, [1, 2, 3])  # 96 tokens in layer 0 alone average 24
+
+
+@pytest.mark.slow
+def test_quick_demo_end_to_end(cli, tmp_path):
+    res = cli("demo", "--out", "d", "--quick", "--json")
+    assert res.exit_code == 0, res.output
+    result = json.loads(res.stdout)
+    methods = [r["method"] for r in result["rows"]]
+    assert methods == list(D.METHODS)
+    out = tmp_path / "d"
+    for name in D.METHODS:  # every artifact validates
+        from meteor_cli.artifacts import read_artifact
+
+        assert read_artifact(out / f"{name}.metrics.json", "meteor.metrics")["n"] == D.QUICK.eval
+        read_artifact(out / f"{name}.flops.json", "meteor.flops")
+    rows = {r["method"]: r for r in result["rows"]}
+    target = result["target_tokens"]
+    for name in ("fastv", "pdrop", "random", "separate"):  # the budget each was given, measured by eval
+        assert rows[name]["visual_tokens"] == pytest.approx(target, abs=1.0), name
+    assert rows["unpruned"]["visual_tokens"] == result["visual_tokens"] and rows["unpruned"]["flops_ratio"] == 1.0
+    report = (out / "report.md").read_text()
+    assert "| meteor |" in report and "meteor prune-llm" in report and (out / "score_vs_tokens.png").stat().st_size > 0
+    assert len((out / "answers.jsonl").read_text().splitlines()) == D.QUICK.eval
+    again = cli("demo", "--out", "d", "--quick", "--resume", "--json")  # every step validates: all skipped
+    assert again.exit_code == 0, again.output
+    assert all(s["skipped"] for s in json.loads(again.stdout)["steps"])
