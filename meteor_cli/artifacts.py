@@ -174,13 +174,32 @@ def _validate_allocation(body: Mapping[str, Any], fail: Callable[[str, str, str 
         fail("stage2.keep", f"is {got!r}, must be an integer >= 1", None)
 
 
+def _validate_prune_llm(body: Mapping[str, Any], fail: Callable[[str, str, str | None], None]) -> None:
+    """Stage-3 settings: layer indices, counts and ratios of the right JSON type (``true`` is no count)."""
+    layers = body["layers"]
+    if not all(_is_int(x) for x in layers):
+        fail("layers", f"is {layers!r}, must be LLM layer indices (integers >= 0)", None)
+    elif any(b <= a for a, b in zip(layers, layers[1:])):
+        fail("layers", f"is {layers}, must be strictly increasing", None)
+    for key in ("heads", "k", "k_min"):
+        if key in body and body[key] is not None and not _is_int(body[key], 1):
+            fail(key, f"is {body[key]!r}, must be an integer >= 1" + (" or null" if key == "heads" else ""), None)
+    for key in ("lam", "scale", "r"):
+        if key in body and not (_is_number(body[key]) and body[key] > 0):
+            fail(key, f"is {body[key]!r}, must be a positive number", None)
+    for key in ("keep", "ratios"):
+        vals = body.get(key)
+        if vals is not None and not (isinstance(vals, list) and all(_is_number(v) and v > 0 for v in vals)):
+            fail(key, f"is {vals!r}, must be a list of positive numbers (counts or ratios)", None)
+
+
 for _schema in (
     Schema("meteor.ranks", 1, "meteor rank-estimate", "feature-map rank per encoder and pruning point",
            {"method": str, "encoders": dict}, _validate_ranks),
     Schema("meteor.allocation", 1, "meteor allocate", "Stage-1 and Stage-2 token budgets",
            {"strategy": str, "stage1": dict, "stage2": dict}, _validate_allocation),
     Schema("meteor.prune-llm", 1, "meteor prune-llm", "Stage-3 (in-LLM) pruning settings",
-           {"method": str, "layers": list}),
+           {"method": str, "layers": list}, _validate_prune_llm),
     Schema("meteor.metrics", 1, "meteor eval", "benchmark scores, token counts and latency",
            {"metrics": dict}),
     Schema("meteor.flops", 1, "meteor flops", "FLOPs per component, with the counting convention",

@@ -367,6 +367,24 @@ def test_bad_ranks_fields_are_named(cli, tmp_path, case):
     assert not Path("allocation.json").exists()
 
 
+BAD_PRUNE_LLM = {
+    "layers-true": ({"layers": [True, 2]}, "layers"),
+    "layers-descending": ({"layers": [3, 1]}, "strictly increasing"),
+    "heads-true": ({"heads": True}, "heads"),
+    "keep-strings": ({"keep": ["12"]}, "keep"),
+    "lam-zero": ({"lam": 0}, "lam"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_PRUNE_LLM))
+def test_bad_prune_llm_fields_are_named(cli, tmp_path, case):
+    change, fragment = BAD_PRUNE_LLM[case]
+    body = {"schema": "meteor.prune-llm/v1", "method": "meteor", "layers": [1, 3], "heads": 2, "lam": 50.0,
+            "keep": [12, 5], **change}
+    (tmp_path / "p.json").write_text(json.dumps(body))
+    _named(cli("inspect", "p.json"), ExitCode.INVALID_INPUT, "p.json", fragment)
+
+
 def test_keep_ratio_zero_is_refused(cli, tmp_path):
     (tmp_path / "r.json").write_text(json.dumps(RANKS))
     _named(cli("allocate", "--ranks", "r.json", "--keep-ratio", "0"), ExitCode.USAGE, "--keep-ratio")
