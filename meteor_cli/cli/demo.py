@@ -270,7 +270,9 @@ def main(
     }
     for name, (mdl, extra) in settings.items():
         m = out / f"{name}.metrics.json"
-        steps.append(Step(f"eval {name}", ["eval", "--model", mdl, *ev, *extra, "--out", m,
+        # --restart: a step only reruns when its metrics are missing or invalid, so per-sample rows
+        # left by an earlier attempt (perhaps with other settings) are not resumed from.
+        steps.append(Step(f"eval {name}", ["eval", "--model", mdl, *ev, *extra, "--out", m, "--restart",
                                            "--samples-out", out / f"{name}.samples.jsonl", *common],
                           [m], _artifact_check(m, "meteor.metrics")))
         f = out / f"{name}.flops.json"

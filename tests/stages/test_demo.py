@@ -34,6 +34,7 @@ def test_pdrop_ratio_hits_the_layer_average(n, target, layers, points):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # ~2 minutes on an idle 2-core machine; subprocesses are slow under load
 def test_quick_demo_end_to_end(cli, tmp_path):
     res = cli("demo", "--out", "d", "--quick", "--json")
     assert res.exit_code == 0, res.output
