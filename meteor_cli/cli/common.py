@@ -27,6 +27,7 @@ Output
 from __future__ import annotations
 
 import contextlib
+import copy
 import difflib
 import functools
 import inspect
@@ -150,6 +151,17 @@ def not_built(command: str, what: str, issue: int | None = None) -> NotBuiltErro
 COMMON_NAMES = ("device", "seed", "json_output", "verbose", "quiet", "config", "show_config")
 
 
+#: ``--allow-outside-root``, shared by every command that reads LLaVA-format data (train,
+#: rank-estimate, prune-llm, eval, infer). Declare it as ``allow_outside_root: AllowOutsideRoot
+#: = False`` and pass it to :func:`meteor_cli.data.llava.resolve_image` (with the root from
+#: :func:`meteor_cli.data.llava.image_root_for`). Each command gets its own copy of the option
+#: (:func:`meteor_command` never mutates a shared declaration).
+AllowOutsideRoot = Annotated[bool, typer.Option(
+    "--allow-outside-root",
+    help="Read images whose paths leave the image root (`../`, absolute paths, symlinks pointing "
+         "outside); by default such a record is an error (exit 4) naming the record and the path.")]
+
+
 def stage1_method_for(allocation: Mapping[str, Any] | None, method: str | None) -> str | None:
     """The Stage-1 policy ``--allocation`` and ``--stage1-method`` select (None without an
     allocation), checked against the registry before any model is loaded — as is the
@@ -228,7 +240,7 @@ def _with_envvars(annotation: Any, command: str) -> Any:
     infos = [m for m in meta if isinstance(m, typer.models.OptionInfo)]
     if not infos or infos[0].envvar is not None:
         return annotation
-    info = infos[0]
+    info = copy.copy(infos[0])  # a declaration shared by several commands must not get one's variables
     names = [d for d in (info.param_decls or ()) if d.startswith("--")]
     if info.default not in (..., None) and isinstance(info.default, str) and info.default.startswith("--"):
         names.insert(0, info.default)
@@ -237,7 +249,7 @@ def _with_envvars(annotation: Any, command: str) -> Any:
     opt = names[0][2:].replace("-", "_").upper()
     info.envvar = [f"{ENV_PREFIX}_{_env_name(command)}_{opt}", f"{ENV_PREFIX}_{opt}"]
     info.show_envvar = False  # the rule is documented once, in `meteor --help` and the README
-    return annotation
+    return Annotated[(annotation.__origin__, *(info if m is infos[0] else m for m in meta))]  # type: ignore[valid-type]
 
 
 def meteor_command(command: str | None, *, uses_device: bool = False) -> Callable[[F], F]:
@@ -554,5 +566,5 @@ class MeteorGroup(typer.core.TyperGroup):
             return super().invoke(ctx)
 
 
-__all__ = ["Run", "MeteorGroup", "meteor_command", "not_built", "load_project_file", "reporting_errors",
+__all__ = ["AllowOutsideRoot", "Run", "MeteorGroup", "meteor_command", "not_built", "load_project_file", "reporting_errors",
            "NotBuiltError"]

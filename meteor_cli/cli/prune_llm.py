@@ -7,6 +7,13 @@ Validates the settings against the model's LLM (depth, heads) and writes ``prune
     meteor prune-llm --model ckpt/ --method fastv --layers 2 --drop-ratio 0.5 --out fastv.json
     meteor prune-llm --model ckpt/ --method fixed --layers 4,12,20 --keep 390,172,78 --out fixed.json
     meteor prune-llm --model ckpt/ --calibrate --data dev.json --target-tokens 242 --out prune-llm.json
+    # calibrate with Stage 1-2 active, on an eval question file (prompts and images suffice):
+    meteor prune-llm --model ckpt/ --calibrate --allocation allocation.json \
+                     --data synthvqa/eval/questions.jsonl --target-tokens 16 --out prune-llm.json
+
+With ``--allocation`` the calibration runs the model with that allocation's Stage 1-2 applied, so
+``--target-tokens`` is met by the combined pipeline (the tokens Stage 3 sees are those Stage 2
+kept); use the same allocation in ``meteor eval``/``infer``.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from typing import Annotated, Any
 
 import typer
 
-from meteor_cli.cli.common import Run, meteor_command
+from meteor_cli.cli.common import AllowOutsideRoot, Run, meteor_command, stage1_method_for
 from meteor_cli.errors import InvalidInputError, UsageError
 
 
@@ -82,8 +89,16 @@ def main(
         "--drop-ratio", min=0.0, max=0.99, help="fastv: fraction R of the visual tokens removed at layer K.")] = 0.5,
     calibrate: Annotated[bool, typer.Option(
         "--calibrate", help="Fit the scale c on --data so the layer-averaged token count hits --target-tokens.")] = False,
-    data: Annotated[Path | None, typer.Option("--data", help="Calibration data (LLaVA format).")] = None,
-    image_root: Annotated[Path | None, typer.Option("--image-root", help="Image directory for --data.")] = None,
+    data: Annotated[Path | None, typer.Option(
+        "--data", help="Calibration data: LLaVA instruction data, or a LLaVA question file (JSONL with "
+                       "`image` and `text`, no answers needed).")] = None,
+    image_root: Annotated[Path | None, typer.Option(
+        "--image-root", help="Image directory for --data (default: the data file's directory; see README "
+                             "\"Image paths\").")] = None,
+    allow_outside_root: AllowOutsideRoot = False,
+    allocation: Annotated[Path | None, typer.Option(
+        "--allocation", help="Calibrate with these Stage 1-2 budgets applied (allocation artifact), so the "
+                             "target is met by the combined pipeline.")] = None,
     target_tokens: Annotated[float | None, typer.Option(
         "--target-tokens", help="Layer-averaged visual tokens to calibrate for.")] = None,
     count: Annotated[int, typer.Option("--count", min=1, help="Calibration samples.")] = 64,
@@ -116,57 +131,110 @@ def main(
         settings["keep"] = keep_list
     policy = make_policy(method, **settings)
     policy.validate(dims["num_layers"], dims["num_heads"])
+    if allocation is not None and not calibrate:
+        raise UsageError("--allocation is used by --calibrate only", "add --calibrate, or drop --allocation")
     if calibrate:
         if method != "meteor":
             raise UsageError("--calibrate fits the scale of the meteor policy only", "drop --calibrate or use --method meteor")
         if data is None or target_tokens is None:
             raise UsageError("--calibrate needs --data and --target-tokens", "e.g. --data dev.json --target-tokens 242")
-        calibration = _calibrate(run, model, policy, data, image_root or data.parent, target_tokens, count)
+        calibration = _calibrate(run, model, policy, data, image_root, target_tokens, count,
+                                 allocation=allocation, allow_outside_root=allow_outside_root)
     else:
         calibration = None
     body = {"method": method, **policy.to_dict(), "model": {"spec": model, **dims}, "calibration": calibration}
-    art = make_artifact("meteor.prune-llm", body, inputs=[model] if Path(model).exists() else [])
+    inputs = ([model] if Path(model).exists() else []) + ([allocation] if calibrate and allocation else [])
+    art = make_artifact("meteor.prune-llm", body, inputs=inputs)
     write_artifact(out, art)
 
     def human() -> None:
         desc = ", ".join(f"{k}={v}" for k, v in policy.to_dict().items())
         typer.echo(f"Stage 3: {method} ({desc}) on a {dims['num_layers']}-layer, {dims['num_heads']}-head LLM")
         if calibration:
+            with_alloc = (f" with Stage 1-2 from {calibration['allocation']['path']} ({calibration['stage2_visual']:.1f} "
+                          "tokens into the LLM)" if calibration.get("allocation") else "")
             typer.echo(f"calibrated scale c = {calibration['scale']:.4g}: layer-averaged {calibration['achieved']:.1f} "
                        f"visual tokens (target {calibration['target']}, spread ±{calibration['std']:.1f} over "
-                       f"{calibration['n']} samples); per-layer means {[round(x, 1) for x in calibration['per_layer_mean']]}")
+                       f"{calibration['n']} samples){with_alloc}; per-layer means "
+                       f"{[round(x, 1) for x in calibration['per_layer_mean']]}")
         if str(out) != "-":
             typer.echo(f"wrote {out}")
 
     run.emit(art.to_dict(), human, stdout_used=str(out) == "-")
 
 
-def _calibrate(run: Run, model: str, policy: Any, data: Path, image_root: Path, target: float, count: int) -> dict:
-    """Fit the meteor policy's scale c so the mean layer-averaged visual tokens hit ``target``."""
+def calibration_prompt(record: dict[str, Any], index: int) -> str:
+    """The prompt of a calibration record, with ``<image>`` marking the image (first if absent).
+
+    Accepts LLaVA instruction records (the first human turn of ``conversations``; no answer
+    needed) and LLaVA question records (``text``, as in an eval ``questions.jsonl``).
+
+    Raises:
+        InvalidInputError: neither is present or well-formed; names the record.
+    """
+    from meteor_cli.data.llava import record_id
+
+    where = f"record #{index} (id {record_id(record, index)})"
+    convs = record.get("conversations")
+    text: Any = None
+    if convs is not None:
+        if not isinstance(convs, list):
+            raise InvalidInputError(f"{where}: `conversations` is a {type(convs).__name__}, not a list of turns",
+                                    'each turn is {"from": "human"|"gpt", "value": "..."}')
+        text = next((t.get("value") for t in convs if isinstance(t, dict) and t.get("from") == "human"), None)
+        if not isinstance(text, str) or not text.strip():
+            raise InvalidInputError(f"{where}: no human turn with a text `value` in `conversations`",
+                                    "calibration needs a prompt per image")
+    else:
+        text = record.get("text")
+        if not isinstance(text, str) or not text.strip():
+            raise InvalidInputError(f"{where}: has neither `conversations` nor a `text` prompt",
+                                    "pass LLaVA instruction data or a LLaVA question file (image + text)")
+    return text if "<image>" in text else "<image>\n" + text
+
+
+def _calibrate(run: Run, model: str, policy: Any, data: Path, image_root: Path | None, target: float, count: int,
+               *, allocation: Path | None = None, allow_outside_root: bool = False) -> dict:
+    """Fit the meteor policy's scale c so the mean layer-averaged visual tokens hit ``target``.
+
+    With ``allocation`` the model runs with that Stage 1-2 applied, so the tokens Stage 3 prunes
+    are those Stage 2 kept and the target holds for the combined pipeline.
+    """
     import statistics
 
     import torch
 
-    from meteor_cli.data.llava import iter_selected, load_image, resolve_image, sample_records
+    from meteor_cli.artifacts import input_ref, read_artifact
+    from meteor_cli.data.llava import image_root_for, iter_selected, load_image, resolve_image, sample_records
+    from meteor_cli.eval.runner import install_pruning
     from meteor_cli.model.checkpoint import load_model
     from meteor_cli.pruning.estimate import image_tensor
     from meteor_cli.pruning.llm_pruner import LLMPruner
     from meteor_cli.pruning.schedule import calibrate_scale, layer_averaged_tokens
-    from meteor_cli.train.vlm_task import first_exchange
 
+    alloc = read_artifact(allocation, "meteor.allocation", what="--allocation") if allocation else None
+    method1 = stage1_method_for(alloc.body, None) if alloc else None
+    root = image_root_for(data, image_root)
     vlm = load_model(model, run.device.torch, seed=run.seed)
+    if alloc is not None:
+        install_pruning(vlm, alloc.body, None, seed=run.seed, stage1_method=method1)
     size = max(e.cfg.image_size for e in vlm.encoders.values())
     chosen = sample_records(data, count=count, seed=run.seed)
-    imgs, prompts = [], []
+    imgs, prompts, unreadable = [], [], []
     for i, rec in iter_selected(data, chosen.indices):
+        prompt = calibration_prompt(rec, i)
+        path = resolve_image(rec, root, index=i, allow_outside_root=allow_outside_root)
         try:
-            imgs.append(image_tensor(load_image(resolve_image(rec, image_root)), size))
+            imgs.append(image_tensor(load_image(path), size))
         except OSError:
+            unreadable.append(str(path))
             continue
-        human, _ = first_exchange(rec, i)
-        prompts.append(human if "<image>" in human else "<image>\n" + human)
+        prompts.append(prompt)
     if not imgs:
-        raise InvalidInputError(f"{data}: no readable calibration images", "check --data and --image-root")
+        raise InvalidInputError(f"{data}: none of the {len(chosen.indices)} calibration images is readable "
+                                f"(first: {unreadable[:2]})", "check --data and --image-root")
+    if unreadable:
+        run.warn(f"calibration: skipped {len(unreadable)} unreadable images (first: {unreadable[:2]})")
     with torch.no_grad():
         batches = [vlm.prepare(torch.stack(imgs[i:i + 8]).to(run.device.torch), prompts[i:i + 8])[0]
                    for i in range(0, len(imgs), 8)]
@@ -197,6 +265,8 @@ def _calibrate(run: Run, model: str, policy: Any, data: Path, image_root: Path, 
     avgs, per_layer = last[cal.scale]
     if cal.relative_error > 0.02:
         run.warn(f"calibration reached {cal.achieved:.1f} tokens, not the target {target} (limits of the scale range)")
+    stage2_visual = sum(v for inp in batches for v in inp.visual_len) / len(avgs)
     return {"scale": cal.scale, "target": target, "achieved": cal.achieved, "std": statistics.pstdev(avgs),
             "n": len(avgs), "per_layer_mean": [sum(col) / len(col) for col in zip(*per_layer)],
-            "data": str(data), "iterations": cal.iterations}
+            "data": str(data), "iterations": cal.iterations, "stage2_visual": stage2_visual,
+            "allocation": input_ref(allocation) if allocation else None, "stage1_method": method1}

@@ -1,7 +1,9 @@
 """``meteor rank-estimate``: Stage-1 calibration — the rank of each encoder's feature maps.
 
-Runs every encoder unpruned on a small, seeded sample of the training data (the paper uses
-0.1 % of LLaVA-665k) and records the mean rank of its feature map at every pruning point.
+Runs every encoder unpruned on a small, seeded sample of the training images (the paper uses
+0.1 % of LLaVA-665k) and records the mean rank of its feature map at every pruning point. The
+sample is drawn from *distinct* images (records that share an image count once), and
+``merge`` refuses parts that are not exactly the shards of one run.
 ``meteor allocate`` turns the result into per-encoder token budgets.
 
     meteor rank-estimate --model tiny --data train.json --image-root images/ --out ranks.json
@@ -21,7 +23,7 @@ from typing import Annotated
 
 import typer
 
-from meteor_cli.cli.common import Run, meteor_command
+from meteor_cli.cli.common import AllowOutsideRoot, Run, meteor_command
 from meteor_cli.errors import InvalidInputError, UsageError
 
 
@@ -41,11 +43,13 @@ def main(
     data: Annotated[Path | None, typer.Option(
         "--data", help="LLaVA-format instruction data (JSON list or JSONL with `image` and `conversations`).")] = None,
     image_root: Annotated[Path | None, typer.Option(
-        "--image-root", help="Directory the records' `image` paths are relative to (default: the data file's directory).")] = None,
+        "--image-root", help="Directory the records' `image` paths are relative to (default: the data file's "
+                             "directory; see README \"Image paths\").")] = None,
+    allow_outside_root: AllowOutsideRoot = False,
     sample: Annotated[float, typer.Option(
-        "--sample", min=0.0, max=1.0, help="Fraction of the image records to use (0.001 = the paper's 0.1 %).")] = 0.001,
+        "--sample", min=0.0, max=1.0, help="Fraction of the distinct images to use (0.001 = the paper's 0.1 %).")] = 0.001,
     count: Annotated[int | None, typer.Option(
-        "--count", min=1, help="Use exactly this many records instead of --sample.")] = None,
+        "--count", min=1, help="Use exactly this many distinct images instead of --sample.")] = None,
     method: Annotated[RankMethod, typer.Option(
         "--method", help="Rank measure: nuclear (normalised nuclear norm), hrank, matrix-rank.")] = RankMethod.nuclear,
     grid: Annotated[int, typer.Option(
@@ -60,13 +64,14 @@ def main(
 ) -> None:
     """Estimate the rank of each encoder's feature maps at every pruning point (Stage 1)."""
     from meteor_cli.artifacts import make_artifact, read_artifact, write_artifact
-    from meteor_cli.pruning.estimate import merge_bodies
+    from meteor_cli.pruning.estimate import merge_parts
 
     if parts:
         if parts[0] != "merge" or len(parts) < 2:
             raise UsageError(f"unexpected argument {parts[0]!r}", "the only positional form is: merge PART...")
-        bodies = [read_artifact(p, "meteor.ranks", what="part").body for p in parts[1:]]
-        art = make_artifact("meteor.ranks", merge_bodies(bodies), inputs=parts[1:])
+        arts = [read_artifact(p, "meteor.ranks", what="part") for p in parts[1:]]
+        merged = merge_parts([(p, a.body) for p, a in zip(parts[1:], arts)], [a.schema for a in arts])
+        art = make_artifact("meteor.ranks", merged, inputs=parts[1:])
         write_artifact(out, art)
         _report(run, art.body, out)
         return
@@ -77,7 +82,8 @@ def main(
         num_chunks, chunk_idx = world, int(os.environ.get("RANK", "0"))
     if chunk_idx >= num_chunks:
         raise UsageError(f"--chunk-idx {chunk_idx} must be below --num-chunks {num_chunks}")
-    body = _estimate(run, model, data, image_root, sample, count, method.value, grid, batch_size, num_chunks, chunk_idx)
+    body, inputs = _estimate(run, model, data, image_root, allow_outside_root, sample, count, method.value, grid,
+                             batch_size, num_chunks, chunk_idx)
     n_failed, n_total = body["n_failed"], body["n_images"] + body["n_failed"]
     if world > 1:  # --max-failed judges the whole sample, as one process would, and every rank agrees
         n_failed, n_total = _sum_over_ranks(n_failed, n_total)
@@ -85,7 +91,6 @@ def main(
         raise InvalidInputError(f"{n_failed} of {n_total} images could not be read "
                                 f"(more than --max-failed {max_failed:.2%}); first: {body['failed'][:3]}",
                                 "check --image-root, or raise --max-failed")
-    inputs = [data] + ([model] if Path(model).exists() else [])
     if world > 1:
         _torchrun_merge(run, body, inputs, out)
         return
@@ -94,25 +99,42 @@ def main(
     _report(run, body, out)
 
 
-def _estimate(run: Run, model: str, data: Path, image_root: Path | None, sample: float, count: int | None,
-              method: str, grid: int, batch_size: int, num_chunks: int, chunk_idx: int) -> dict:
-    from meteor_cli.data.llava import iter_selected, sample_records
+def _estimate(run: Run, model: str, data: Path, image_root: Path | None, allow_outside_root: bool, sample: float,
+              count: int | None, method: str, grid: int, batch_size: int, num_chunks: int,
+              chunk_idx: int) -> tuple[dict, list[dict]]:
+    """The shard's body, and the input references (data file, model directory) with their sha256."""
+    from meteor_cli.artifacts import input_ref
+    from meteor_cli.data.llava import image_root_for, iter_selected, sample_records
     from meteor_cli.model.checkpoint import load_model
-    from meteor_cli.pruning.estimate import estimate_ranks
+    from meteor_cli.pruning.estimate import estimate_ranks, ids_sha256, model_identity
 
     run.seed_everything()
     vlm = load_model(model, run.device.torch, seed=run.seed)
-    chosen = sample_records(data, fraction=None if count else sample, count=count, seed=run.seed)
+    root = image_root_for(data, image_root)
+    chosen = sample_records(data, fraction=None if count else sample, count=count, seed=run.seed,
+                            distinct_images=True, image_root=root)
     shard = chosen.shard(num_chunks, chunk_idx)
-    run.info(f"rank-estimate: {len(shard.indices)} images (shard {chunk_idx + 1}/{num_chunks} of {len(chosen.indices)}; "
-             f"{chosen.n_without_image} text-only records skipped), encoders {', '.join(vlm.encoders)}")
+    inputs = [input_ref(data)] + ([input_ref(model)] if Path(model).exists() else [])
+    dup = f", {chosen.n_duplicate_images} records repeating an image" if chosen.n_duplicate_images else ""
+    run.info(f"rank-estimate: {len(shard.indices)} images (shard {chunk_idx + 1}/{num_chunks} of {len(chosen.indices)} "
+             f"sampled from {chosen.population} distinct images; {chosen.n_without_image} text-only records{dup} "
+             f"skipped), encoders {', '.join(vlm.encoders)}")
     with run.progress(total=len(shard.indices), desc="rank-estimate", unit="img") as bar:
-        body = estimate_ranks(vlm, iter_selected(data, shard.indices), image_root or data.parent, method=method,
-                              grid=grid, batch_size=batch_size, device=run.device.torch, progress=bar.update)
+        body = estimate_ranks(vlm, iter_selected(data, shard.indices), root, method=method, grid=grid,
+                              batch_size=batch_size, device=run.device.torch, progress=bar.update,
+                              allow_outside_root=allow_outside_root)
     body["n_text_only"] = chosen.n_without_image
-    body["sample"] = {"data": str(data), "seed": run.seed, "fraction": None if count else sample, "count": count,
-                      "ids": shard.ids, "num_chunks": num_chunks, "chunk_idx": chunk_idx}
-    return body
+    weights = inputs[1]["sha256"] if len(inputs) > 1 else None
+    body["sample"] = {
+        "data": str(data), "data_sha256": inputs[0]["sha256"], "seed": run.seed,
+        "fraction": None if count else sample, "count": count,
+        "distinct_images": True, "population_images": chosen.population,
+        "duplicate_image_records": chosen.n_duplicate_images,
+        "n_sampled": len(chosen.ids), "sample_sha256": ids_sha256(chosen.ids),
+        "model": model_identity(model, vlm, weights),
+        "ids": shard.ids, "num_chunks": num_chunks, "chunk_idx": chunk_idx,
+    }
+    return body, inputs
 
 
 def _sum_over_ranks(*counts: int) -> list[int]:
@@ -132,7 +154,7 @@ def _torchrun_merge(run: Run, body: dict, inputs: list, out: Path) -> None:
     import torch.distributed as dist
 
     from meteor_cli.artifacts import make_artifact, read_artifact, write_artifact
-    from meteor_cli.pruning.estimate import merge_bodies
+    from meteor_cli.pruning.estimate import merge_parts
 
     rank, world = dist.get_rank(), dist.get_world_size()
     part = out.with_name(f".{out.name}.part{rank}")
@@ -140,7 +162,8 @@ def _torchrun_merge(run: Run, body: dict, inputs: list, out: Path) -> None:
     dist.barrier()
     if rank == 0:
         paths = [out.with_name(f".{out.name}.part{r}") for r in range(world)]
-        merged = merge_bodies([read_artifact(p, "meteor.ranks").body for p in paths])
+        arts = [read_artifact(p, "meteor.ranks") for p in paths]
+        merged = merge_parts([(str(p), a.body) for p, a in zip(paths, arts)], [a.schema for a in arts])
         write_artifact(out, make_artifact("meteor.ranks", merged, inputs=inputs))
         for p in paths:
             p.unlink()
@@ -151,7 +174,10 @@ def _torchrun_merge(run: Run, body: dict, inputs: list, out: Path) -> None:
 
 def _report(run: Run, body: dict, out: Path) -> None:
     def human() -> None:
-        typer.echo(f"{body['n_images']} images ({body['n_failed']} unreadable), method {body['method']}, grid {body['grid']}")
+        smp = body.get("sample", {})
+        of = f" of {smp['population_images']} distinct" if "population_images" in smp else ""
+        typer.echo(f"{body['n_images']} images{of} ({body['n_failed']} unreadable), method {body['method']}, "
+                   f"grid {body['grid']}")
         for name, e in body["encoders"].items():
             ranks = ", ".join(f"{r:.4f}±{s:.4f}" for r, s in zip(e["rank"], e["std"]))
             typer.echo(f"  {name:<12} {e['tokens']:>5} tokens  points {e['points']}: {ranks}")

@@ -17,7 +17,7 @@ from typing import Annotated
 
 import typer
 
-from meteor_cli.cli.common import Run, meteor_command, stage1_method_for
+from meteor_cli.cli.common import AllowOutsideRoot, Run, meteor_command, stage1_method_for
 from meteor_cli.errors import UsageError
 
 PARTS = ("encoders", "projectors", "llm")
@@ -29,7 +29,9 @@ def main(
         "--model", help="Start from: a preset name, a config JSON or a checkpoint directory.")] = None,
     data: Annotated[Path | None, typer.Option("--data", help="LLaVA-format training data (JSON or JSONL).")] = None,
     image_root: Annotated[Path | None, typer.Option(
-        "--image-root", help="Directory the records' `image` paths are relative to (default: the data file's directory).")] = None,
+        "--image-root", help="Directory the records' `image` paths are relative to (default: the data file's "
+                             "directory; see README \"Image paths\").")] = None,
+    allow_outside_root: AllowOutsideRoot = False,
     allocation: Annotated[Path | None, typer.Option(
         "--allocation", help="Allocation artifact: train with Stage 1–2 pruning active (METEOR's training phase).")] = None,
     stage1_method: Annotated[str | None, typer.Option(
@@ -56,6 +58,7 @@ def main(
     import torch
 
     from meteor_cli.artifacts import read_artifact
+    from meteor_cli.data.llava import image_root_for
     from meteor_cli.train.loop import TrainConfig, Trainer, init_distributed
     from meteor_cli.train.vlm_task import VLMTask, load_vlm_data
 
@@ -82,8 +85,8 @@ def main(
             p.requires_grad_(False)
     size = max(e.cfg.image_size for e in vlm.encoders.values())
     with run.progress(desc="loading images", unit="img") as bar:
-        dataset = load_vlm_data(data, image_root or data.parent, size, max_failed=max_failed, limit=limit,
-                                progress=bar.update)
+        dataset = load_vlm_data(data, image_root_for(data, image_root), size, max_failed=max_failed, limit=limit,
+                                progress=bar.update, allow_outside_root=allow_outside_root)
     if dataset.n_failed:
         run.warn(f"{dataset.n_failed} records skipped: unreadable images (first: {dataset.failed[:3]})")
     torch.manual_seed(run.seed)

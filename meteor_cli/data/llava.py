@@ -146,6 +146,14 @@ class Sample:
     ids: list[str]  # record ids, same order
     n_records: int  # records in the file
     n_without_image: int  # text-only records, never sampled
+    #: Records not eligible because an earlier record has the same (resolved) image; 0 unless
+    #: the sample was drawn with ``distinct_images``.
+    n_duplicate_images: int = 0
+
+    @property
+    def population(self) -> int:
+        """How many candidates the sample was drawn from (image records, or distinct images)."""
+        return self.n_records - self.n_without_image - self.n_duplicate_images
 
     def shard(self, num_chunks: int, chunk_idx: int) -> Sample:
         """Chunk ``chunk_idx`` of ``num_chunks`` contiguous chunks of size ceil(n/num_chunks),
@@ -155,27 +163,43 @@ class Sample:
                              "use 0-based chunk indices below --num-chunks")
         size = math.ceil(len(self.indices) / num_chunks) if self.indices else 0
         sl = slice(chunk_idx * size, (chunk_idx + 1) * size)
-        return Sample(self.indices[sl], self.ids[sl], self.n_records, self.n_without_image)
+        return Sample(self.indices[sl], self.ids[sl], self.n_records, self.n_without_image, self.n_duplicate_images)
 
 
 def sample_records(
-    path: str | os.PathLike[str], *, fraction: float | None = None, count: int | None = None, seed: int = 0
+    path: str | os.PathLike[str], *, fraction: float | None = None, count: int | None = None, seed: int = 0,
+    distinct_images: bool = False, image_root: str | os.PathLike[str] | None = None,
 ) -> Sample:
     """Choose image records deterministically from ``seed``: a ``fraction`` or an exact ``count``.
 
     One streaming pass collects the positions and ids of the image records (a few MB even for
     665k records), then a seeded NumPy generator picks ``k = max(1, round(fraction·n))`` (or ``count``)
     of them without replacement. Same file, same seed → same sample, on any machine.
+
+    With ``distinct_images`` the candidates are *images*, not records: LLaVA-665k asks several
+    conversations about one COCO image, and Stage-1 calibration samples images. Records are
+    keyed by their resolved image path (against ``image_root``, default :func:`image_root_for`;
+    ``..`` and symlinks followed) and only the first record of each image is a candidate; the
+    others are counted in ``n_duplicate_images``. ``fraction`` is then a fraction of the distinct
+    images.
     """
     import numpy as np
 
     if (fraction is None) == (count is None):
         raise UsageError("give exactly one of a sample fraction and a count", "use --sample F or --count N")
+    root = image_root_for(path, image_root) if distinct_images else None
+    seen: set[str] = set()
     positions: list[int] = []
     ids: list[str] = []
-    n = 0
+    n = n_image = 0
     for n, rec in enumerate(iter_json_records(path), start=1):
         if rec.get("image"):
+            n_image += 1
+            if root is not None:
+                key = os.path.realpath(os.path.join(root, str(rec["image"])))
+                if key in seen:
+                    continue
+                seen.add(key)
             positions.append(n - 1)
             ids.append(record_id(rec, n - 1))
     if not positions:
@@ -190,7 +214,7 @@ def sample_records(
         k = max(1, round(fraction * total))  # type: ignore[operator]
     rng = np.random.default_rng(seed)
     chosen = np.sort(rng.choice(total, size=k, replace=False))
-    return Sample([positions[i] for i in chosen], [ids[i] for i in chosen], n, n - total)
+    return Sample([positions[i] for i in chosen], [ids[i] for i in chosen], n, n - n_image, n_image - total)
 
 
 def iter_selected(path: str | os.PathLike[str], indices: Sequence[int]) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -205,10 +229,81 @@ def iter_selected(path: str | os.PathLike[str], indices: Sequence[int]) -> Itera
             nxt = next(wanted, None)
 
 
-def resolve_image(record: dict[str, Any], image_root: str | os.PathLike[str]) -> Path:
-    """The image path of a record, relative to ``image_root`` unless absolute."""
-    img = Path(str(record["image"]))
-    return img if img.is_absolute() else Path(image_root) / img
+class ImageOutsideRootError(InvalidInputError):
+    """A record's image path leaves the image root (``../``, an absolute path, a symlink) (exit 4)."""
+
+
+def image_root_for(data: str | os.PathLike[str], image_root: str | os.PathLike[str] | None = None) -> Path:
+    """The directory a data set's ``image`` paths are relative to — one rule for every command.
+
+    1. ``--image-root`` when given;
+    2. else the data's directory: ``data`` itself when it is a directory (a benchmark directory),
+       otherwise the directory holding the data file;
+    3. except that a directory named ``eval`` stands for its parent: ``meteor synth`` (and the
+       benchmark loaders) keep ``DIR/eval/questions.jsonl`` next to ``DIR/images/``, with image
+       paths relative to ``DIR``. So ``eval --data DIR``, ``eval --data DIR/eval``,
+       ``infer --questions DIR/eval/questions.jsonl`` and ``train --data DIR/train.json`` all
+       read images from ``DIR``.
+
+    >>> str(image_root_for("sv/train.json")), str(image_root_for("sv/eval/questions.jsonl"))
+    ('sv', 'sv')
+    >>> str(image_root_for("sv/eval/questions.jsonl", "/data/images"))
+    '/data/images'
+    """
+    if image_root is not None:
+        return Path(image_root)
+    p = Path(data)
+    d = p if p.is_dir() else p.parent
+    if d.name != "eval" and Path(os.path.abspath(d)).name == "eval":  # "." or "" inside an eval/ folder
+        d = Path(os.path.abspath(d))
+    return d.parent if d.name == "eval" else d
+
+
+def resolve_image(
+    record: dict[str, Any],
+    image_root: str | os.PathLike[str],
+    *,
+    index: int | None = None,
+    allow_outside_root: bool = False,
+) -> Path:
+    """The image file of a record: its ``image`` path, relative to ``image_root`` unless absolute.
+
+    By default the path must stay inside ``image_root``: the joined path is resolved (``..`` and
+    symlinks followed) and then checked, so ``../secret.png``, ``/etc/passwd`` and a symlink
+    pointing outside are refused; the resolved path is returned, so what is opened is what was
+    checked. ``allow_outside_root`` (the ``--allow-outside-root`` flag) skips the check, for data
+    whose JSON holds absolute paths elsewhere.
+
+    Args:
+        record: the data record (its ``image`` field).
+        image_root: the directory from :func:`image_root_for`.
+        index: the record's position in its file, for error messages.
+        allow_outside_root: read paths outside ``image_root`` too.
+
+    Raises:
+        InvalidInputError: ``image`` is not a non-empty string (exit 4).
+        ImageOutsideRootError: the path leaves ``image_root`` (exit 4), naming the record and path.
+    """
+    rid = record.get("id", record.get("question_id"))
+    where = "record" + (f" #{index}" if index is not None else "") + (f" (id {rid})" if rid is not None else "")
+    raw = record.get("image")
+    if not isinstance(raw, str) or not raw.strip() or "\0" in raw:
+        raise InvalidInputError(f"{where}: `image` is {raw!r}, not a file path",
+                                "each image record's `image` is a path string relative to --image-root")
+    root = Path(image_root)
+    img = Path(raw)
+    joined = img if img.is_absolute() else root / img
+    if allow_outside_root:
+        return joined
+    real_root = root.resolve()
+    real = joined.resolve()
+    if real != real_root and not real.is_relative_to(real_root):
+        why = ("is absolute" if img.is_absolute() else "climbs out with `..`" if ".." in img.parts
+               else "is a symlink (or under one) pointing outside")
+        raise ImageOutsideRootError(
+            f"{where}: image {raw!r} {why}: it resolves to {real}, outside the image root {real_root}",
+            "fix the path, pass the right --image-root, or add --allow-outside-root if the data is trusted")
+    return real
 
 
 class UnreadableImageError(OSError):
@@ -238,6 +333,5 @@ def load_image(path: str | os.PathLike[str]):  # -> PIL.Image.Image
         raise UnreadableImageError(f"{path}: cannot decode the image ({type(exc).__name__}: {exc})") from None
 
 
-__all__ = ["Sample", "UnreadableImageError", "conversation_turns", "iter_json_records", "iter_selected", "load_image",
-           "record_id", "resolve_image",
-           "sample_records"]
+__all__ = ["ImageOutsideRootError", "Sample", "UnreadableImageError", "conversation_turns", "image_root_for",
+           "iter_json_records", "iter_selected", "load_image", "record_id", "resolve_image", "sample_records"]

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from meteor_cli.data.llava import load_image
+from meteor_cli.data.llava import load_image, resolve_image
 from meteor_cli.pruning.estimate import image_tensor
 
 
@@ -42,19 +42,22 @@ def install_pruning(vlm: Any, allocation: dict[str, Any] | None, prune_llm: dict
     return LLMPruner(vlm.llm, make_policy(prune_llm["method"], **settings))
 
 
-def _open(image_root: Path, q: dict[str, Any]) -> Any:
+def _open(image_root: Path, q: dict[str, Any], allow_outside_root: bool = False) -> Any:
+    """The question's image, its path confined to ``image_root`` (see ``resolve_image``)."""
+    path = resolve_image(q, image_root, allow_outside_root=allow_outside_root)
     try:
-        return load_image(image_root / q["image"])
+        return load_image(path)
     except OSError as exc:
         from meteor_cli.errors import InputNotFoundError
 
-        raise InputNotFoundError(f"question {q.get('question_id')}: cannot read image {image_root / q['image']} ({exc})",
+        raise InputNotFoundError(f"question {q.get('question_id')}: cannot read image {path} ({exc})",
                                  "check --image-root (image paths are relative to it)") from None
 
 
 @torch.no_grad()
 def run_questions(vlm: Any, questions: Sequence[dict[str, Any]], image_root: Path, *, stage3: Any = None,
-                  batch_size: int = 1, max_new_tokens: int = 16, temperature: float = 0.0, progress: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
+                  batch_size: int = 1, max_new_tokens: int = 16, temperature: float = 0.0, progress: Callable[[int], None] | None = None,
+                  allow_outside_root: bool = False) -> list[dict[str, Any]]:
     from meteor_cli.pruning.schedule import layer_averaged_tokens
 
     size = max(e.cfg.image_size for e in vlm.encoders.values())
@@ -62,7 +65,7 @@ def run_questions(vlm: Any, questions: Sequence[dict[str, Any]], image_root: Pat
     rows: list[dict[str, Any]] = []
     for i in range(0, len(questions), batch_size):
         batch = questions[i:i + batch_size]
-        imgs = torch.stack([image_tensor(_open(image_root, q), size) for q in batch])
+        imgs = torch.stack([image_tensor(_open(image_root, q, allow_outside_root), size) for q in batch])
         prompts = [q["text"] if "<image>" in q["text"] else "<image>\n" + q["text"] for q in batch]
         t0 = time.perf_counter()
         texts, inputs, vis, sess = vlm.generate(imgs, prompts, max_new_tokens=max_new_tokens, temperature=temperature,

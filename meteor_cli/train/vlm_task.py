@@ -73,7 +73,7 @@ def first_exchange(rec: dict[str, Any], index: int) -> Exchange:
 
 
 def load_vlm_data(data: Path, image_root: Path, size: int, *, max_failed: float = 0.01, limit: int | None = None,
-                  progress: Any = None) -> VLMData:
+                  progress: Any = None, allow_outside_root: bool = False) -> VLMData:
     imgs, prompts, answers, ids, failed, turns = [], [], [], [], [], []
     n_seen = 0
     for i, rec in enumerate(iter_json_records(data)):
@@ -84,7 +84,7 @@ def load_vlm_data(data: Path, image_root: Path, size: int, *, max_failed: float 
         n_seen += 1
         (human, gpt), *later = exchanges(rec, i)
         try:
-            im = load_image(resolve_image(rec, image_root))
+            im = load_image(resolve_image(rec, image_root, index=i, allow_outside_root=allow_outside_root))
         except OSError as exc:
             failed.append(record_id(rec, i))
             warnings.warn(f"skipping record {record_id(rec, i)}: {exc}", stacklevel=2)
