@@ -52,8 +52,9 @@ def main(
     stage2_method: Annotated[str, typer.Option(
         "--stage2-method", help="Stage-2 policy: meteor (collaborative), separate, random (`meteor list policies`).")] = "meteor",
     stage2_score: Annotated[str, typer.Option(
-        "--stage2-score", help="Redundancy score of the meteor Stage-2 policy: sum (the paper's), or the [inferred] "
-        "normalised mean, encoder-mean, zscore (docs/synthvqa.md compares them).")] = "sum",
+        "--stage2-score", help="Redundancy score of the meteor Stage-2 policy: zscore ([inferred]: the paper's sum "
+        "standardised within each encoder; chosen on held-out SynthVQA seeds), sum (the paper's as written), "
+        "mean, encoder-mean (docs/synthvqa.md compares them).")] = "zscore",
     stage2_floor: Annotated[float, typer.Option(
         "--stage2-floor", min=0.0, max=1.0, help="[inferred] Each encoder first keeps this fraction of its "
         "proportional share of --fusion-keep (0 = the paper's joint selection).")] = 0.0,

@@ -25,6 +25,11 @@ and ``floor`` (``--stage2-floor F``): each encoder first keeps its ``floor(F · 
 redundant tokens (quota ∝ its token count, as ``separate`` uses), the rest of the budget is
 chosen jointly. ``floor=0`` is the paper's joint selection.
 
+``meteor allocate`` records ``zscore`` by default: on the embedded model at 24 of 96 tokens it
+beat the paper's ``sum`` by 6.8 points on the development seed (where it was chosen) and by 7.8
+and more on held-out seeds (docs/synthvqa.md, "Stage-2 redundancy scores"). ``Stage2`` and
+allocations that name no score keep ``sum``: an artifact means what it meant when written.
+
 Memory: one (rows × N) float32 block per sample at a time; rows = N unless N·N·4 bytes exceeds
 ``max_bytes``, then row chunks (EAGLE-X4 unpruned reaches N ≈ 8k: 256 MB per full matrix).
 Chunking does not change a single score bit-for-bit beyond float summation order, and the
