@@ -240,10 +240,9 @@ def main(
         Step("train", ["train", "--model", model, "--data", sv / "train.json", "--allocation", out / "allocation.json",
                        "--lr", 2e-4, "--batch-size", 16, "--max-steps", sizes.steps, "--warmup", 0.05, "--out", ft, *common],
              [ft / "config.json"], _checkpoint_check(ft)),
-        # Calibration sees the unpruned model's n_vis tokens; Stage 1-2 leave s2_keep, and METEOR's
-        # adaptive budget scales with them, so the target is scaled to the tokens calibration sees.
-        Step("prune-llm", ["prune-llm", "--model", ft, "--calibrate", "--data", sv / "train.json", "--target-tokens",
-                           round(target * n_vis / s2_keep, 2), "--count", sizes.calib_count,
+        # Calibrated with Stage 1-2 applied, so the layer average it hits is the one eval measures.
+        Step("prune-llm", ["prune-llm", "--model", ft, "--calibrate", "--data", sv / "train.json", "--allocation",
+                           out / "allocation.json", "--target-tokens", target, "--count", sizes.calib_count,
                            "--out", out / "meteor.prune-llm.json", *common],
              [out / "meteor.prune-llm.json"], _artifact_check(out / "meteor.prune-llm.json", "meteor.prune-llm")),
         Step("prune-llm fastv", ["prune-llm", "--model", model, "--method", "fastv", "--layers", fastv_k, "--drop-ratio",
