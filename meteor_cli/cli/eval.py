@@ -116,6 +116,12 @@ def _evaluate(run: Run, *, model: str, benchmark: str, data: Path, image_root: P
     from meteor_cli.registry import BENCHMARKS, load_builtins_and_plugins
 
     load_builtins_and_plugins()
+    if benchmark not in BENCHMARKS:
+        import difflib
+
+        close = difflib.get_close_matches(benchmark, BENCHMARKS.list(), n=2)
+        raise UsageError(f"unknown benchmark {benchmark!r}" + (f" (did you mean {' or '.join(close)}?)" if close else ""),
+                         f"known: {', '.join(BENCHMARKS.list())} (`meteor list benchmarks` shows their layouts)")
     bench = BENCHMARKS.get(benchmark)()
     bench.check_protocol(protocol)
     options: dict[str, Any] = {}

@@ -33,3 +33,37 @@ def synth_image(synth_dir: Path, pos: int) -> Path:
 
 def synth_png(synth_dir: Path, pos: int) -> bytes:
     return synth_image(synth_dir, pos).read_bytes()
+
+
+SHORT = "\nAnswer the question using a single word or phrase."
+
+
+def write_jsonl(path: Path, records: list[dict]) -> Path:
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def write_parquet(path: Path, columns: dict[str, list], image: list[bytes] | None = None) -> Path:
+    """A parquet file as lmms-eval's data sets have them: the image column as ``{bytes, path}`` structs."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data = dict(columns)
+    if image is not None:
+        data["image"] = [{"bytes": b, "path": f"{i}.png"} for i, b in enumerate(image)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table(data), path, row_group_size=2)  # several row groups: lazy reads cross them
+    return path
+
+
+def copy_images(synth_dir: Path, dest: Path, picks: list[int], ext: str = ".png") -> list[str]:
+    """Copy the picked SynthVQA images to ``dest`` as ``<pos><ext>``; their names."""
+    import shutil
+
+    dest.mkdir(parents=True, exist_ok=True)
+    for pos in picks:
+        shutil.copy(synth_image(synth_dir, pos), dest / f"{pos}{ext}")
+    return [f"{pos}{ext}" for pos in picks]

@@ -7,7 +7,7 @@ sets), the prompt as the references pose it, and its scorer over the pure metric
 :data:`BENCHMARK_MODULES` (or a plugin calling ``register_benchmark``).
 
     >>> from meteor_cli.registry import BENCHMARKS
-    >>> "synthvqa" in BENCHMARKS
+    >>> "pope" in BENCHMARKS and "synthvqa" in BENCHMARKS
     True
 """
 
@@ -25,7 +25,7 @@ from meteor_cli.eval.benchmarks.synthvqa import (
 )
 
 #: Modules whose import registers a benchmark (in ``meteor list benchmarks`` order of the paper).
-BENCHMARK_MODULES = ("synthvqa", "llava")
+BENCHMARK_MODULES = ("synthvqa", "llava", "gqa", "pope", "textvqa")
 
 for _m in BENCHMARK_MODULES:
     importlib.import_module(f"{__name__}.{_m}")
