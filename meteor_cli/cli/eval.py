@@ -24,7 +24,7 @@ from typing import Annotated, Any
 
 import typer
 
-from meteor_cli.cli.common import Run, meteor_command, stage1_method_for
+from meteor_cli.cli.common import AllowOutsideRoot, Run, meteor_command, stage1_method_for
 from meteor_cli.errors import InvalidInputError, UsageError
 
 
@@ -41,8 +41,7 @@ def main(
         "for --benchmark llava the question file.")] = None,
     image_root: Annotated[Path | None, typer.Option(
         "--image-root", help="Image directory (default: the layout's image folder, then the question file's directory).")] = None,
-    allow_outside_root: Annotated[bool, typer.Option(
-        "--allow-outside-root", help="Accept image paths that leave the image root (absolute, `..`, symlinks).")] = False,
+    allow_outside_root: AllowOutsideRoot = False,
     variant: Annotated[str | None, typer.Option(
         "--variant", help="Benchmark variant (e.g. textvqa: ocr|no-ocr; pope: all|random|popular|adversarial).")] = None,
     protocol: Annotated[str | None, typer.Option(

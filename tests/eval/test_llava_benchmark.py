@@ -73,7 +73,7 @@ def test_bad_inputs_are_named(cli, tmp_path, synth_dir):
     q["image"] = "../../etc/passwd"
     (tmp_path / "s" / "questions.jsonl").write_text(json.dumps(q) + "\n")
     res = cli(*RUN, "--data", "s/questions.jsonl", "--metric", "yesno", "--out", "x.json")
-    assert res.exit_code == ExitCode.INVALID_INPUT and "leaves the image root" in res.stderr
+    assert res.exit_code == ExitCode.INVALID_INPUT and "outside the image root" in res.stderr
     # an unreadable image is skipped and counted, not fatal
     _write_set(synth_dir, tmp_path / "u", [1, 5], ["yes", "yes"], ["a", "a"])
     (tmp_path / "u" / "imgs" / "5.png").write_bytes(b"not a png")

@@ -25,7 +25,7 @@ from meteor_cli.eval.benchmarks.synthvqa import (
 )
 
 #: Modules whose import registers a benchmark (in ``meteor list benchmarks`` order of the paper).
-BENCHMARK_MODULES = ("synthvqa", "llava", "gqa", "pope", "textvqa")
+BENCHMARK_MODULES = ("synthvqa", "llava", "gqa", "pope", "textvqa", "mme")
 
 for _m in BENCHMARK_MODULES:
     importlib.import_module(f"{__name__}.{_m}")

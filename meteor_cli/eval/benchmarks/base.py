@@ -288,22 +288,22 @@ def base64_image(payload: str) -> Callable[[], bytes]:
 # ------------------------------------------------------------------------------------------------
 
 
-def confined(root: Path, relative: str, *, allow_outside_root: bool = False) -> Path:
-    """``root / relative`` resolved; a path that leaves ``root`` (``..``, absolute, symlink) is refused.
+def confined(root: Path, relative: str, *, allow_outside_root: bool = False, qid: Any = None) -> Path:
+    """``root / relative``, resolved; a path leaving ``root`` (``..``, absolute, symlink) is refused.
+
+    The check is :func:`meteor_cli.data.llava.resolve_image`'s, the one rule every command uses.
 
     Raises:
-        InvalidInputError: the path escapes the root and ``allow_outside_root`` is off.
+        ImageOutsideRootError: the path escapes the root and ``allow_outside_root`` is off (exit 4).
 
     Example:
         >>> confined(Path("/data"), "a/b.png").as_posix()
         '/data/a/b.png'
     """
-    base = root.resolve()
-    path = (base / relative).resolve()
-    if not allow_outside_root and path != base and base not in path.parents:
-        raise InvalidInputError(f"image path {relative!r} leaves the image root {root}",
-                                "keep image paths inside --image-root (or pass --allow-outside-root)")
-    return path
+    from meteor_cli.data.llava import resolve_image as confine
+
+    record = {"image": relative} if qid is None else {"image": relative, "question_id": qid}
+    return confine(record, root, allow_outside_root=allow_outside_root)
 
 
 def resolve_image(relative: str, roots: Sequence[Path], *, allow_outside_root: bool = False) -> Path:
