@@ -29,8 +29,9 @@ log = logging.getLogger(__name__)
 
 #: ``register_*`` function → the ``meteor list`` kind it fills.
 REGISTER_FUNCTIONS = {"register_encoder": "encoders", "register_policy": "policies",
-                      "register_benchmark": "benchmarks", "register_preset": "presets"}
-_REGISTRY_NAMES = {"ENCODERS", "POLICIES", "BENCHMARKS", "PRESETS"}
+                      "register_benchmark": "benchmarks", "register_preset": "presets",
+                      "register_model_family": "families"}
+_REGISTRY_NAMES = {"ENCODERS", "POLICIES", "BENCHMARKS", "PRESETS", "MODEL_FAMILIES"}
 
 
 class _Dynamic(Exception):

@@ -236,6 +236,8 @@ ENCODERS: Registry[Any] = Registry("encoder")
 POLICIES = PolicyRegistry()
 BENCHMARKS: Registry[Any] = Registry("benchmark")
 PRESETS: Registry[Any] = Registry("preset")
+#: transformers VLM classes meteor runs, by the ``model_type`` of their ``config.json``.
+MODEL_FAMILIES: Registry[Any] = Registry("model family")
 
 #: Registries by the plural noun ``meteor list`` takes.
 REGISTRIES: dict[str, Registry[Any]] = {
@@ -243,6 +245,7 @@ REGISTRIES: dict[str, Registry[Any]] = {
     "policies": POLICIES,
     "benchmarks": BENCHMARKS,
     "presets": PRESETS,
+    "families": MODEL_FAMILIES,
 }
 
 
@@ -271,6 +274,12 @@ def register_preset(name: str | None = None, **kw: Any) -> Callable[[T], T]:
     return PRESETS.register(name, **kw)
 
 
+def register_model_family(name: str | None = None, **kw: Any) -> Callable[[T], T]:
+    """Register a transformers VLM family (a subclass of ``HFVisionLanguageModel``) under the
+    ``model_type`` its ``config.json`` declares."""
+    return MODEL_FAMILIES.register(name, **kw)
+
+
 def list_encoders(filter: str = "*") -> list[str]:
     return ENCODERS.list(filter)
 
@@ -296,6 +305,7 @@ BUILTIN_MODULES: list[str] = [
     "meteor_cli.pruning.stage2",
     "meteor_cli.model.encoders",
     "meteor_cli.model.presets",
+    "meteor_cli.model.hf_vlm",
 ]
 
 _loaded = False

@@ -61,7 +61,13 @@ def _describe_dir(path: Path, verify: bool = False) -> dict[str, Any]:
     is_meteor = False
     if cfg.is_file():
         out["config"] = read_json_file(cfg, "config.json", fix="the checkpoint is damaged")
+        from meteor_cli.model.hf_vlm import family_of
+
         is_meteor = isinstance(out["config"], dict) and str(out["config"].get("format", "")).startswith("meteor.checkpoint")
+        family = None if is_meteor else family_of(path)
+        if family is not None:  # a transformers VLM (LLaVA-1.5, LLaVA-NeXT, Qwen2-VL): what meteor sees in it
+            out["format"] = "transformers-vlm"
+            out["model"] = family.describe(path)
         if is_meteor:
             from meteor_cli.model.checkpoint import read_config
 

@@ -1,4 +1,5 @@
-"""``meteor list``: what is registered — encoders, pruning policies, benchmarks, presets.
+"""``meteor list``: what is registered — encoders, pruning policies, benchmarks, presets, and the
+transformers VLM families ``--model DIR`` accepts (``families``).
 
 Includes entries added by plugins (entry-point group ``meteor.plugins``).
 
@@ -23,6 +24,7 @@ class What(str, Enum):
     policies = "policies"
     benchmarks = "benchmarks"
     presets = "presets"
+    families = "families"
 
 
 @meteor_command("list")
@@ -31,7 +33,7 @@ def main(
     filter: Annotated[str, typer.Option("--filter", help="fnmatch pattern on names, e.g. 'clip*'.")] = "*",
     run: Run = None,  # type: ignore[assignment]
 ) -> None:
-    """List registered encoders, pruning policies, benchmarks and model presets."""
+    """List registered encoders, pruning policies, benchmarks, model presets and transformers VLM families."""
     from meteor_cli.catalog import catalog
 
     # Names, descriptions and metadata are read from the registering modules' source, so listing

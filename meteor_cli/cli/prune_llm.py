@@ -61,6 +61,14 @@ def llm_dims(spec: str) -> dict[str, Any]:
         if "num_hidden_layers" in cfg:  # a plain Hugging Face LLM directory
             return {"num_layers": cfg["num_hidden_layers"], "num_heads": cfg["num_attention_heads"],
                     "family": cfg.get("model_type")}
+        from meteor_cli.model.hf_vlm import family_of
+
+        if path.is_dir() and family_of(path) is not None:  # a transformers VLM: its language model
+            from transformers import AutoConfig
+
+            text = AutoConfig.from_pretrained(path, local_files_only=True).get_text_config()
+            return {"num_layers": text.num_hidden_layers, "num_heads": text.num_attention_heads,
+                    "family": cfg.get("model_type"), "text_family": text.model_type}
     from meteor_cli.model.checkpoint import load_model_config
 
     hf = load_model_config(spec).llm.resolved_hf_config()
@@ -206,10 +214,9 @@ def _calibrate(run: Run, model: str, policy: Any, data: Path, image_root: Path |
 
     from meteor_cli.artifacts import input_ref, read_artifact
     from meteor_cli.data.llava import image_root_for, iter_selected, load_image, resolve_image, sample_records
-    from meteor_cli.eval.runner import install_pruning
+    from meteor_cli.eval.runner import images_for, install_pruning
     from meteor_cli.model.checkpoint import load_model
-    from meteor_cli.pruning.estimate import image_tensor
-    from meteor_cli.pruning.llm_pruner import LLMPruner
+    from meteor_cli.pruning.llm_pruner import LLMPruner, text_config
     from meteor_cli.pruning.schedule import calibrate_scale, layer_averaged_tokens
 
     alloc = read_artifact(allocation, "meteor.allocation", what="--allocation") if allocation else None
@@ -218,14 +225,13 @@ def _calibrate(run: Run, model: str, policy: Any, data: Path, image_root: Path |
     vlm = load_model(model, run.device.torch, seed=run.seed)
     if alloc is not None:
         install_pruning(vlm, alloc.body, None, seed=run.seed, stage1_method=method1)
-    size = max(e.cfg.image_size for e in vlm.encoders.values())
     chosen = sample_records(data, count=count, seed=run.seed)
     imgs, prompts, unreadable = [], [], []
     for i, rec in iter_selected(data, chosen.indices):
         prompt = calibration_prompt(rec, i)
         path = resolve_image(rec, root, index=i, allow_outside_root=allow_outside_root)
         try:
-            imgs.append(image_tensor(load_image(path), size))
+            imgs.append(load_image(path))
         except OSError:
             unreadable.append(str(path))
             continue
@@ -235,11 +241,15 @@ def _calibrate(run: Run, model: str, policy: Any, data: Path, image_root: Path |
                                 f"(first: {unreadable[:2]})", "check --data and --image-root")
     if unreadable:
         run.warn(f"calibration: skipped {len(unreadable)} unreadable images (first: {unreadable[:2]})")
+
+    def batch_images(i: int) -> Any:
+        ims = images_for(vlm, imgs[i:i + 8])
+        return ims.to(run.device.torch) if isinstance(ims, torch.Tensor) else ims
+
     with torch.no_grad():
-        batches = [vlm.prepare(torch.stack(imgs[i:i + 8]).to(run.device.torch), prompts[i:i + 8])[0]
-                   for i in range(0, len(imgs), 8)]
+        batches = [vlm.prepare(batch_images(i), prompts[i:i + 8])[0] for i in range(0, len(imgs), 8)]
     pruner = LLMPruner(vlm.llm, policy)
-    n_layers = vlm.llm.config.num_hidden_layers
+    n_layers = text_config(vlm.llm).num_hidden_layers
     last: dict = {}
 
     def measure(scale: float) -> float:
@@ -247,8 +257,11 @@ def _calibrate(run: Run, model: str, policy: Any, data: Path, image_root: Path |
         avgs, per_layer = [], []
         for inp in batches:
             with torch.no_grad(), pruner.session(inp.visual_start, inp.visual_len, attention_mask=inp.attention_mask) as sess:
-                vlm.llm(inputs_embeds=inp.embeds, attention_mask=inp.attention_mask)
-            for b in range(inp.embeds.shape[0]):
+                if hasattr(vlm, "prefill"):  # a transformers VLM runs its own forward (embeddings, M-RoPE)
+                    vlm.prefill(inp)
+                else:
+                    vlm.llm(inputs_embeds=inp.embeds, attention_mask=inp.attention_mask)
+            for b in range(len(inp.visual_len)):
                 kept = [len(sess.kept[p][b]) for p in policy.layers]
                 per_layer.append(kept)
                 avgs.append(layer_averaged_tokens(inp.visual_len[b], policy.layers, kept, n_layers))

@@ -109,6 +109,9 @@ def _estimate(run: Run, model: str, data: Path, image_root: Path | None, allow_o
     from meteor_cli.pruning.estimate import estimate_ranks, ids_sha256, model_identity
 
     run.seed_everything()
+    from meteor_cli.model.checkpoint import require_meteor_model
+
+    require_meteor_model(model)  # a transformers VLM: Stage 1 on its tower is not built yet (a clear error)
     vlm = load_model(model, run.device.torch, seed=run.seed)
     root = image_root_for(data, image_root)
     chosen = sample_records(data, fraction=None if count else sample, count=count, seed=run.seed,

@@ -105,8 +105,9 @@ def _build(spec: str, data: Path, seed: int):
     """A preset gets a tokenizer built from the training text; checkpoints bring their own."""
     import torch
 
-    from meteor_cli.model.checkpoint import checkpoint_dir_of, load_model, load_model_config
+    from meteor_cli.model.checkpoint import checkpoint_dir_of, load_model, load_model_config, require_meteor_model
 
+    require_meteor_model(spec)
     if checkpoint_dir_of(spec) is not None:
         return load_model(spec)
     cfg = load_model_config(spec)

@@ -30,6 +30,11 @@ def install_pruning(vlm: Any, allocation: dict[str, Any] | None, prune_llm: dict
     from meteor_cli.pruning.stage2 import build_stage2
 
     vlm.stage1 = vlm.stage2 = None
+    if allocation is not None and not hasattr(vlm, "encoders"):
+        from meteor_cli.errors import UsageError
+
+        raise UsageError(f"--allocation (Stages 1-2) is for meteor's multi-encoder models, not a {type(vlm).__name__}",
+                         "drop --allocation; Stage 3 (--prune-llm) runs on this model")
     if allocation is not None:
         vlm.stage1 = build_stage1(allocation, vlm.encoders, stage1_method, seed=seed)
         vlm.stage2 = build_stage2(allocation, seed=seed)  # the registered policy of stage2.method
@@ -54,18 +59,28 @@ def _open(image_root: Path, q: dict[str, Any], allow_outside_root: bool = False)
                                  "check --image-root (image paths are relative to it)") from None
 
 
+def images_for(vlm: Any, images: Sequence[Any]) -> Any:
+    """PIL images as ``vlm`` takes them: its own ``image_batch`` (transformers VLMs: the processor
+    resizes), else a (B, 3, S, S) tensor at the largest encoder resolution."""
+    if hasattr(vlm, "image_batch"):
+        return vlm.image_batch(images)
+    size = max(e.cfg.image_size for e in vlm.encoders.values())
+    return torch.stack([image_tensor(im, size) for im in images])
+
+
 @torch.no_grad()
 def run_questions(vlm: Any, questions: Sequence[dict[str, Any]], image_root: Path, *, stage3: Any = None,
                   batch_size: int = 1, max_new_tokens: int = 16, temperature: float = 0.0, progress: Callable[[int], None] | None = None,
                   allow_outside_root: bool = False) -> list[dict[str, Any]]:
     from meteor_cli.pruning.schedule import layer_averaged_tokens
 
-    size = max(e.cfg.image_size for e in vlm.encoders.values())
-    n_layers = vlm.llm.config.num_hidden_layers
+    from meteor_cli.pruning.llm_pruner import text_config
+
+    n_layers = text_config(vlm.llm).num_hidden_layers
     rows: list[dict[str, Any]] = []
     for i in range(0, len(questions), batch_size):
         batch = questions[i:i + batch_size]
-        imgs = torch.stack([image_tensor(_open(image_root, q, allow_outside_root), size) for q in batch])
+        imgs = images_for(vlm, [_open(image_root, q, allow_outside_root) for q in batch])
         prompts = [q["text"] if "<image>" in q["text"] else "<image>\n" + q["text"] for q in batch]
         t0 = time.perf_counter()
         texts, inputs, vis, sess = vlm.generate(imgs, prompts, max_new_tokens=max_new_tokens, temperature=temperature,

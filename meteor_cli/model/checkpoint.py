@@ -255,6 +255,7 @@ def load_model_config(spec: str) -> ModelConfig:
     from meteor_cli.registry import PRESETS, load_builtins_and_plugins
 
     load_builtins_and_plugins()
+    require_meteor_model(spec)
     p = checkpoint_dir_of(spec)
     if p is not None:
         return read_config(p)
@@ -267,10 +268,27 @@ def load_model_config(spec: str) -> ModelConfig:
                              f"presets: {', '.join(PRESETS.list())}")
 
 
+def require_meteor_model(spec: str) -> None:
+    """A transformers VLM directory has no meteor ModelConfig: say so instead of 'not a checkpoint'."""
+    from meteor_cli.model.hf_vlm import family_of
+
+    fam = family_of(spec)
+    if fam is not None:
+        raise UsageError(f"{spec} is a transformers {fam.hf_class} directory, which has no meteor multi-encoder "
+                         "config", "this command takes meteor models; eval, infer, prune-llm (incl. --calibrate) and inspect "
+                         "take this directory")
+
+
 def load_model(spec: str, device: str | torch.device = "cpu", *, seed: int = 0) -> Any:
-    """A ready model from a preset (random init, seeded), a checkpoint directory or a config JSON."""
+    """A ready model from a preset (random init, seeded), a checkpoint directory, a config JSON, or a
+    transformers VLM directory (LLaVA-1.5, LLaVA-NeXT, Qwen2-VL: see :mod:`meteor_cli.model.hf_vlm`)."""
+    from meteor_cli.model.hf_vlm import family_of
     from meteor_cli.model.presets import synthvqa_tokenizer
     from meteor_cli.model.vlm import MultiEncoderVLM
+
+    family = family_of(spec)
+    if family is not None:
+        return family.from_pretrained(spec, device)
 
     ckpt = checkpoint_dir_of(spec)
     if ckpt is not None:
@@ -288,5 +306,6 @@ def load_model(spec: str, device: str | torch.device = "cpu", *, seed: int = 0) 
 
 
 __all__ = ["FORMAT", "TOKENIZER_FILES", "build_model", "checkpoint_dir_of", "has_weights", "load_checkpoint",
-           "read_weights", "shard_files", "write_weights", "load_model", "load_model_config", "read_config", "save_checkpoint", "LLMConfig",
+           "read_weights", "require_meteor_model", "shard_files", "write_weights", "load_model", "load_model_config",
+           "read_config", "save_checkpoint", "LLMConfig",
            "UsageError"]

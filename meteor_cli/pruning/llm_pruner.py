@@ -32,7 +32,17 @@ forward over prompt + generated tokens with the prefill's kept indices reproduce
 greedy decoding (the test of METHOD Part A's last invariant).
 
 Supported families: those whose decoder exposes ``layers``, ``rotary_emb`` and layers with
-``input_layernorm`` and ``self_attn.{q_proj,k_proj}`` (Llama/Vicuna, Qwen2, Mistral).
+``input_layernorm`` and ``self_attn.{q_proj,k_proj}`` (Llama/Vicuna, Qwen2, Mistral), also as the
+language model of a transformers VLM (``LlavaForConditionalGeneration``,
+``LlavaNextForConditionalGeneration``, ``Qwen2VLForConditionalGeneration``: ``get_decoder()``
+is the text model, depth and heads come from ``config.get_text_config()``).
+
+Multimodal rotary positions (Qwen2-VL's M-RoPE)
+-----------------------------------------------
+When the decoder is called with 3-D position ids (``(3, B, L)`` temporal/height/width, or
+``(4, B, L)`` with the text positions first, as Qwen2-VL's ``generate`` passes them), a forward
+pre-hook on the decoder records them at prefill; they are gathered with the kept tokens like the
+1-D ids (never renumbered) and the rotary embeddings of pruned layers are rebuilt from them.
 
 Masks after pruning are given to each layer in the form its attention kernel takes:
 
@@ -64,6 +74,12 @@ SUPPORTED_FAMILIES = ("llama", "qwen2", "mistral")
 # --------------------------------------------------------------------------------------------
 # Locating the parts of an HF decoder
 # --------------------------------------------------------------------------------------------
+
+
+def text_config(model: nn.Module) -> Any:
+    """The config of the language model: ``config.get_text_config()`` for a VLM, else ``config``."""
+    cfg = getattr(model, "config", None)
+    return cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
 
 
 def decoder_of(model: nn.Module) -> nn.Module:
@@ -159,6 +175,7 @@ class PackedState:
         query: (B, L) bool, True for the policy's query rows.
         position_ids: (B, L) original position ids (gaps where tokens were dropped).
         source: (B, L) index of each token in the sequence given to the model (-1 for padding).
+        rope: (B, L, 3) multimodal rotary position ids (M-RoPE), original values; None for 1-D RoPE.
     """
 
     valid: torch.Tensor
@@ -166,6 +183,7 @@ class PackedState:
     query: torch.Tensor
     position_ids: torch.Tensor
     source: torch.Tensor
+    rope: torch.Tensor | None = None
 
     def repack(self, keep: torch.Tensor) -> tuple[PackedState, torch.Tensor]:
         """Keep the positions where ``keep`` (B, L) is True, left-padded; returns the new state and
@@ -181,13 +199,18 @@ class PackedState:
         def g(x: torch.Tensor, fill: Any) -> torch.Tensor:
             return torch.where(new_valid, torch.gather(x, 1, index), torch.full_like(index, fill, dtype=x.dtype))
 
+        rope = None if self.rope is None else torch.gather(self.rope, 1, index[..., None].expand(-1, -1, self.rope.shape[-1]))
         return PackedState(new_valid, g(self.visual, False), g(self.query, False), g(self.position_ids, 1),
-                           g(self.source, -1)), index
+                           g(self.source, -1), rope), index
+
+    def rotary_position_ids(self) -> torch.Tensor:
+        """What the decoder's ``rotary_emb`` takes: (B, L) ids, or (3, B, L) for M-RoPE."""
+        return self.position_ids if self.rope is None else self.rope.permute(2, 0, 1)
 
 
 def takes_padding_masks(model: nn.Module) -> bool:
     """True when ``model``'s attention takes 2-D key-padding masks (the flash-attention family)."""
-    impl = getattr(getattr(model, "config", None), "_attn_implementation", None) or ""
+    impl = getattr(text_config(model), "_attn_implementation", None) or ""
     try:
         from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, flash_attention_mask
     except ImportError:  # pragma: no cover - older transformers
@@ -240,6 +263,8 @@ class Session:
     cache_valid: dict[int, torch.Tensor] = field(default_factory=dict)
     _scores: dict[int, Any] = field(default_factory=dict)
     warned_no_visual: bool = False
+    #: Position ids the decoder itself was called with at prefill (3-D for M-RoPE), see the pre-hook.
+    decoder_position_ids: torch.Tensor | None = None
 
     # -- bookkeeping helpers ---------------------------------------------------------------
 
@@ -253,9 +278,15 @@ class Session:
         end = self.prompt_len.to(dev)[:, None] if self.prompt_len is not None else torch.full_like(vs, L)
         after = (ar >= vs + vl) & (ar < end) & valid
         query = self.pruner.policy.query_rows(after, valid, self)
+        rope = None
+        dec_pos = self.decoder_position_ids
+        if dec_pos is not None and dec_pos.ndim == 3:  # M-RoPE: (3, B, L), or (4, B, L) with text ids first
+            rope = dec_pos[-3:].to(dev).expand(3, B, L).permute(1, 2, 0).clone()
+            if position_ids is None and dec_pos.shape[0] == 4:
+                position_ids = dec_pos[0]
         if position_ids is None:
             position_ids = ar
-        self.state = PackedState(valid, visual, query, position_ids.expand(B, L).clone(), ar.clone())
+        self.state = PackedState(valid, visual, query, position_ids.to(dev).expand(B, L).clone(), ar.clone(), rope)
 
     def visual_indices(self) -> list[torch.Tensor]:
         """Per sample, packed positions of its visual tokens (ascending)."""
@@ -338,9 +369,16 @@ class LLMPruner:
         self.current: Session | None = None
         self._originals = list(self.decoder.layers)
         self.decoder.layers = nn.ModuleList([_PrunableLayer(layer, i, self) for i, layer in enumerate(self._originals)])
+        self._hook = self.decoder.register_forward_pre_hook(self._record_positions, with_kwargs=True)
+
+    def _record_positions(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Keep the position ids the decoder is called with at prefill (M-RoPE's 3-D ids live only there)."""
+        sess = self.current
+        if sess is not None and sess.phase == "prefill":
+            sess.decoder_position_ids = kwargs.get("position_ids")
 
     def _num_heads(self) -> int:
-        return int(self.model.config.num_attention_heads)
+        return int(text_config(self.model).num_attention_heads)
 
     def mask(self, valid_keys: torch.Tensor, q_len: int, dtype: torch.dtype) -> torch.Tensor:
         """The attention mask of a pruned layer: (B, K) bool for flash kernels, else additive 4-D."""
@@ -351,6 +389,7 @@ class LLMPruner:
     def remove(self) -> None:
         """Put the original layers back."""
         self.decoder.layers = nn.ModuleList(self._originals)
+        self._hook.remove()
 
     @contextlib.contextmanager
     def session(
@@ -425,11 +464,11 @@ class LLMPruner:
         new_state, index = st.repack(keep)
         hidden = torch.gather(hidden, 1, index.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
         sess.state = new_state
-        sess.pos_emb = self.decoder.rotary_emb(hidden, position_ids=new_state.position_ids)
+        sess.pos_emb = self.decoder.rotary_emb(hidden, position_ids=new_state.rotary_position_ids())
         sess.layer_mask = self.mask(new_state.valid, new_state.valid.shape[1], hidden.dtype)
         sess.pruned = True
         return hidden
 
 
 __all__ = ["LLMPruner", "PackedState", "Session", "additive_mask", "apply_rope", "decoder_of", "query_attention",
-           "takes_padding_masks"]
+           "takes_padding_masks", "text_config"]

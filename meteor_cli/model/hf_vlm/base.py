@@ -1,0 +1,267 @@
+"""What every transformers VLM family shares: loading, chat prompts, visual spans, generation.
+
+A family module (``llava.py``, ``llava_next.py``, ``qwen2_vl.py``) subclasses
+:class:`HFVisionLanguageModel` and registers it under the ``model_type`` of its ``config.json``
+(:func:`~meteor_cli.registry.register_model_family`). A new family is one new file.
+
+The wrapper gives meteor's commands the interface of :class:`~meteor_cli.model.vlm.MultiEncoderVLM`
+that they use (``llm``, ``tokenizer``, ``prepare``, ``generate(..., stage3=, details=)``), on top
+of the unmodified transformers model and the checkpoint's own processor and chat template:
+
+* prompts go through ``processor.apply_chat_template`` (an image entry, then the question with
+  any ``<image>`` marker removed) and then the processor itself, which expands the image
+  placeholder to one token per visual feature (LLaVA-NeXT: base tile + anyres tiles + one
+  ``image_newline`` per row; Qwen2-VL: the merged patches between ``<|vision_start|>`` and
+  ``<|vision_end|>``);
+* batches are LEFT-padded (what generation and Stage 3 both need);
+* the visual span of each sample is found from the image-token id in ``input_ids``
+  (:meth:`HFVisionLanguageModel.visual_spans`): the positions whose id is
+  ``config.image_token_id``, which must be one contiguous run per sample;
+* Stage 3 (:class:`~meteor_cli.pruning.llm_pruner.LLMPruner`) wraps the layers of
+  ``hf.get_decoder()``; the VLM's own forward builds the embeddings and (Qwen2-VL) the M-RoPE
+  positions, which the pruner records and keeps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from meteor_cli.errors import InvalidInputError, UsageError
+
+IMAGE = "<image>"
+
+
+@dataclass
+class HFInputs:
+    """A processed, left-padded batch and where its visual tokens are.
+
+    ``features`` is what the processor returned (``input_ids``, ``attention_mask``,
+    ``pixel_values``, ``image_sizes`` / ``image_grid_thw`` / ``mm_token_type_ids``…), on the model's device.
+    """
+
+    features: dict[str, torch.Tensor]
+    attention_mask: torch.Tensor
+    visual_start: list[int]
+    visual_len: list[int]
+    prompt_len: list[int]
+
+    @property
+    def input_ids(self) -> torch.Tensor:
+        return self.features["input_ids"]
+
+
+@dataclass
+class VisionSummary:
+    """Visual tokens per sample, in the shape ``run_questions`` reports (one encoder: the tower)."""
+
+    per_encoder: dict[str, list[int]] = field(default_factory=dict)
+
+
+class HFVisionLanguageModel(nn.Module):
+    """A transformers VLM with one vision tower, behind meteor's model interface.
+
+    Subclasses set :attr:`hf_class` (the transformers class name) and register themselves with
+    ``@register_model_family(<config model_type>)``.
+    """
+
+    #: The transformers class this family loads (``LlavaForConditionalGeneration``…).
+    hf_class: ClassVar[str] = ""
+    #: Name of the one encoder in reports (``per_encoder``).
+    tower: ClassVar[str] = "vision"
+
+    def __init__(self, hf: nn.Module, processor: Any, source: str | Path | None = None) -> None:
+        super().__init__()
+        self.hf = hf
+        self.processor = processor
+        self.source = None if source is None else str(source)
+        self.processor.tokenizer.padding_side = "left"
+        #: Stage 1-2 hooks of MultiEncoderVLM; a VLM family has no multi-encoder fusion.
+        self.stage1: Any = None
+        self.stage2: Any = None
+
+    # -- loading -----------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu", *,
+                        attn_implementation: str | None = None) -> HFVisionLanguageModel:
+        """Load the model and its processor (tokenizer, image processor, chat template) from a local directory."""
+        import transformers
+        from transformers import AutoProcessor
+
+        d = Path(directory)
+        model_cls = getattr(transformers, cls.hf_class)
+        kw: dict[str, Any] = {"local_files_only": True}
+        if attn_implementation is not None:
+            kw["attn_implementation"] = attn_implementation
+        try:
+            processor = AutoProcessor.from_pretrained(d, local_files_only=True)
+        except (OSError, ValueError, TypeError) as exc:
+            raise InvalidInputError(f"{d}: cannot load the processor of this {cls.hf_class} checkpoint ({exc})",
+                                    "the directory needs processor_config.json / preprocessor_config.json and the "
+                                    "tokenizer files that `processor.save_pretrained(DIR)` writes") from None
+        if not hasattr(processor, "tokenizer") or not hasattr(processor, "image_processor"):
+            raise InvalidInputError(f"{d}: AutoProcessor loaded a {type(processor).__name__}, not a multimodal processor",
+                                    "save the model's processor (not only its tokenizer) into the directory")
+        hf = model_cls.from_pretrained(d, **kw).to(device).eval()
+        return cls(hf, processor, d)
+
+    # -- what commands read ------------------------------------------------------------------
+
+    @property
+    def llm(self) -> nn.Module:
+        """The module Stage 3 attaches to: the whole VLM (its ``get_decoder()`` is the text model)."""
+        return self.hf
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.processor.tokenizer
+
+    @property
+    def text_config(self) -> Any:
+        return self.hf.config.get_text_config()
+
+    @property
+    def image_token_id(self) -> int:
+        return int(self.hf.config.image_token_id)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.hf.parameters()).device
+
+    @classmethod
+    def build_meta(cls, directory: str | Path) -> nn.Module:
+        """The transformers model of ``directory`` on the meta device: shapes only, no weights read."""
+        import transformers
+        from transformers import AutoConfig
+
+        cfg = AutoConfig.from_pretrained(directory, local_files_only=True)
+        with torch.device("meta"):
+            return getattr(transformers, cls.hf_class)._from_config(cfg)
+
+    @classmethod
+    def describe(cls, directory: str | Path) -> dict[str, Any]:
+        """What ``meteor inspect`` shows for a directory of this family (from its config; no weights loaded)."""
+        hf = cls.build_meta(directory)
+        t = hf.config.get_text_config()
+        v = hf.config.vision_config
+        d = Path(directory)
+        template = (d / "chat_template.jinja").is_file() or (d / "chat_template.json").is_file() or \
+            "chat_template" in (read_hf_config(d) or {}) or \
+            "chat_template" in json.loads((d / "processor_config.json").read_text() or "{}") \
+            if (d / "processor_config.json").is_file() else (d / "chat_template.jinja").is_file()
+        return {"family": cls.__name__, "hf_class": cls.hf_class, "model_type": hf.config.model_type,
+                "text_model": {"model_type": t.model_type, "layers": t.num_hidden_layers, "heads": t.num_attention_heads,
+                               "kv_heads": getattr(t, "num_key_value_heads", None), "hidden": t.hidden_size},
+                "vision_model": {"model_type": getattr(v, "model_type", None),
+                                 "layers": getattr(v, "num_hidden_layers", getattr(v, "depth", None))},
+                "image_token_id": int(hf.config.image_token_id),
+                "parameters": sum(p.numel() for p in hf.parameters()),
+                "chat_template": bool(template)}
+
+    # -- inputs ------------------------------------------------------------------------------
+
+    def chat_text(self, prompt: str) -> str:
+        """The templated prompt for one question: the model's chat template, an image, then the text."""
+        template = getattr(self.processor, "chat_template", None)
+        if not template:
+            raise InvalidInputError(f"{self.source}: the processor has no chat template",
+                                    "save one with the processor (chat_template.jinja) — meteor uses the model's own")
+        question = prompt.replace(IMAGE, "").strip()
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+        return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    def image_batch(self, images: Sequence[Any]) -> list[Any]:
+        """Images as the processor takes them (PIL, any size: the processor resizes and tiles)."""
+        return list(images)
+
+    def visual_spans(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[list[int], list[int]]:
+        """(start, length) of each sample's visual tokens, found from the image-token id."""
+        starts, lens = [], []
+        for b, row in enumerate(input_ids):
+            pos = torch.nonzero((row == self.image_token_id) & attention_mask[b].bool(), as_tuple=False).flatten()
+            if len(pos) == 0:
+                raise UsageError(f"sample {b} has no image tokens (id {self.image_token_id})",
+                                 "each question needs one image")
+            if int(pos[-1] - pos[0]) + 1 != len(pos):
+                raise UsageError(f"sample {b}: its image tokens are not one contiguous span (several images?)",
+                                 "Stage 3 prunes one image per sample; ask about one image at a time")
+            starts.append(int(pos[0]))
+            lens.append(len(pos))
+        return starts, lens
+
+    def process(self, images: Sequence[Any], prompts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """The processor's batch (left-padded), on the model's device."""
+        texts = [self.chat_text(p) for p in prompts]
+        batch = self.processor(images=list(images), text=texts, return_tensors="pt", padding=True)
+        return {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+    def prepare(self, images: Sequence[Any], prompts: Sequence[str], answers: Sequence[str] | None = None,
+                turns: Any = None) -> tuple[HFInputs, VisionSummary]:
+        """Process a batch and locate its visual tokens (``answers``/``turns``: training only, not supported)."""
+        if answers is not None or turns is not None:
+            raise UsageError(f"training a {self.hf_class} is not supported by meteor",
+                             "fine-tune with transformers, then evaluate/prune the saved directory here")
+        feats = self.process(images, prompts)
+        mask = feats["attention_mask"]
+        starts, lens = self.visual_spans(feats["input_ids"], mask)
+        L = feats["input_ids"].shape[1]
+        return HFInputs(feats, mask, starts, lens, [L] * len(lens)), VisionSummary({self.tower: list(lens)})
+
+    # -- running -----------------------------------------------------------------------------
+
+    def prefill(self, inputs: HFInputs, **kwargs: Any) -> Any:
+        """One forward over the processed batch (no generation); returns the model output."""
+        return self.hf(**inputs.features, **kwargs)
+
+    @torch.no_grad()
+    def generate(self, images: Sequence[Any], prompts: Sequence[str], *, max_new_tokens: int = 16,
+                 temperature: float = 0.0, stage3: Any = None, details: bool = False) -> Any:
+        """Answers as text (greedy with ``temperature=0``), Stage 3 pruning once at prefill.
+
+        With ``details=True`` returns ``(texts, inputs, vision_summary, stage3_session_or_None)``.
+        """
+        inputs, vis = self.prepare(images, prompts)
+        out, sess = self.generate_ids(inputs, max_new_tokens=max_new_tokens, temperature=temperature, stage3=stage3)
+        texts = [t.strip() for t in self.tokenizer.batch_decode(out[:, inputs.input_ids.shape[1]:],
+                                                                skip_special_tokens=True)]
+        return (texts, inputs, vis, sess) if details else texts
+
+    def generate_ids(self, inputs: HFInputs, *, max_new_tokens: int = 16, temperature: float = 0.0,
+                     stage3: Any = None) -> tuple[torch.Tensor, Any]:
+        """``hf.generate`` on a processed batch: (prompt + generated ids, Stage-3 session or None)."""
+        ctx = stage3.session(inputs.visual_start, inputs.visual_len, attention_mask=inputs.attention_mask) \
+            if stage3 is not None else contextlib.nullcontext()
+        kw: dict[str, Any] = {"do_sample": temperature > 0}
+        if temperature > 0:
+            kw["temperature"] = temperature
+        tok = self.tokenizer
+        # The image placeholder is never a valid answer token (a generated one would make the next
+        # forward over prompt + answer expect another image): suppress it.
+        with ctx as sess:
+            out = self.hf.generate(**inputs.features, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id,
+                                   eos_token_id=tok.eos_token_id, suppress_tokens=[self.image_token_id], **kw)
+        return out, sess
+
+
+def read_hf_config(directory: str | Path) -> dict[str, Any] | None:
+    """``config.json`` of a transformers model directory, or None when it is not one."""
+    from meteor_cli.artifacts import read_json_file
+
+    p = Path(directory) / "config.json"
+    if not p.is_file():
+        return None
+    data = read_json_file(p, "config.json", expect=None, fix="check the model directory")
+    if not isinstance(data, dict) or "format" in data:  # meteor's own checkpoints carry "format"
+        return None
+    return data
+
+
+__all__ = ["HFInputs", "HFVisionLanguageModel", "VisionSummary", "read_hf_config"]
