@@ -148,8 +148,9 @@ def evaluate_items(vlm: Any, items: Sequence[tuple[int, Any]], settings: Sequenc
     from meteor_cli.eval.benchmarks.base import open_image
     from meteor_cli.pruning.schedule import layer_averaged_tokens
 
-    size = max(e.cfg.image_size for e in vlm.encoders.values())
-    n_layers = vlm.llm.config.num_hidden_layers
+    from meteor_cli.pruning.llm_pruner import text_config
+
+    n_layers = text_config(vlm.llm).num_hidden_layers
     written = 0
     for setting in settings:
         pending = [(pos, it) for pos, it in items if (setting.label, pos) not in done]
@@ -167,7 +168,7 @@ def evaluate_items(vlm: Any, items: Sequence[tuple[int, Any]], settings: Sequenc
                 except Exception as exc:  # OSError, bad base64, decompression bomb: skip and count
                     rows.append({**head, **it.record(), "skipped": f"{type(exc).__name__}: {exc}"})
             if ok:
-                imgs = torch.stack([image_tensor(im, size) for _, _, im in ok])
+                imgs = images_for(vlm, [im for _, _, im in ok])
                 prompts = [it.prompt if "<image>" in it.prompt else "<image>\n" + it.prompt for _, it, _ in ok]
                 t0 = time.perf_counter()
                 texts, inputs, vis, sess = vlm.generate(imgs, prompts, max_new_tokens=max_new_tokens, stage3=stage3,

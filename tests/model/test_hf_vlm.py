@@ -209,7 +209,7 @@ def test_cli_inspect_prune_llm_eval_infer(cli, dirs, synth, family, tmp_path):
     res = cli("eval", "--model", d, "--data", str(synth), "--limit", "4", "--batch-size", "2", "--prune-llm", "p.json",
               "--max-new-tokens", "3", "--out", "m.json", "-q")
     assert res.exit_code == 0, res.output
-    rows = [json.loads(x) for x in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    rows = [json.loads(x) for x in (tmp_path / "m.samples.jsonl").read_text().splitlines()]
     assert len(rows) == 4 and all(r["stage3"]["kept"] == [3, 2] for r in rows)
     res = cli("infer", "--model", d, "--questions", str(synth / "eval" / "questions.jsonl"), "--image-root", str(synth),
               "--max-new-tokens", "2", "--out", "a.jsonl", "-q")
