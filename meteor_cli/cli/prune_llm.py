@@ -14,6 +14,13 @@ Validates the settings against the model's LLM (depth, heads) and writes ``prune
 With ``--allocation`` the calibration runs the model with that allocation's Stage 1-2 applied, so
 ``--target-tokens`` is met by the combined pipeline (the tokens Stage 3 sees are those Stage 2
 kept); use the same allocation in ``meteor eval``/``infer``.
+
+``--visual-tokens 64|128|192`` states a budget the way VisionZip, DART, CDPruner and FlowCut report
+it: ``fixed``/``all-heads`` keep that many visual tokens from layer 2 (or ``--layers``) on;
+``meteor`` calibrates its scale so the layer-averaged count is that many::
+
+    meteor prune-llm --model llava-1.5-7b-hf/ --method fixed --visual-tokens 64 --out fixed-64.json
+    meteor prune-llm --model llava-1.5-7b-hf/ --calibrate --data dev.json --visual-tokens 128 --out meteor-128.json
 """
 
 from __future__ import annotations
@@ -75,6 +82,34 @@ def llm_dims(spec: str) -> dict[str, Any]:
     return {"num_layers": hf["num_hidden_layers"], "num_heads": hf["num_attention_heads"], "family": hf.get("model_type")}
 
 
+#: Where single-layer budgets prune (FastV's K = 2, DART's layer 2), scaled to shallow models.
+BUDGET_LAYER = 2
+
+
+def visual_token_budget(method: str, n: int, layers: list[Any] | None, keep: list[Any] | None, calibrate: bool,
+                        target: float | None, num_layers: int) -> tuple[list[Any] | None, list[Any] | None, float | None]:
+    """``--visual-tokens N`` as (layers, keep, target_tokens) for ``method``.
+
+    fixed / all-heads: keep N visual tokens from the first pruning layer on (``--layers``, default
+    layer 2); meteor: calibrate the layer-averaged count to N. FastV and PDrop budgets are ratios
+    of each image's own count, so a fixed N has no meaning for them: an error says what to use.
+    """
+    if method in ("fixed", "all-heads"):
+        if keep is not None:
+            raise UsageError("--visual-tokens and --keep both set the kept counts", "give one of them")
+        layers = layers or [min(BUDGET_LAYER, num_layers - 1)]
+        return layers, [n] * len(layers), target
+    if method == "meteor":
+        if not calibrate:
+            raise UsageError("--visual-tokens with --method meteor is the target of --calibrate",
+                             "add --calibrate --data DATA (or use --method fixed --visual-tokens N)")
+        if target is not None and target != n:
+            raise UsageError(f"--visual-tokens {n} and --target-tokens {target} disagree", "give one of them")
+        return layers, keep, float(n)
+    raise UsageError(f"--visual-tokens has no meaning for --method {method} (its budget is a ratio of each image's tokens)",
+                     "use --drop-ratio (fastv) / --keep ratios (pdrop), or --method fixed --visual-tokens N")
+
+
 @meteor_command("prune-llm", uses_device=True)
 def main(
     model: Annotated[str | None, typer.Option(
@@ -110,6 +145,11 @@ def main(
     target_tokens: Annotated[float | None, typer.Option(
         "--target-tokens", help="Layer-averaged visual tokens to calibrate for.")] = None,
     count: Annotated[int, typer.Option("--count", min=1, help="Calibration samples.")] = 64,
+    visual_tokens: Annotated[int | None, typer.Option(
+        "--visual-tokens", min=1,
+        help="Budget as VisionZip/DART/CDPruner report it (64, 128, 192): visual tokens kept. fixed/all-heads: "
+             "kept from --layers on (default: layer 2, where FastV/DART prune); meteor: the layer-averaged "
+             "target of --calibrate.")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output prune-llm artifact (`-` = stdout).")] = Path("prune-llm.json"),
     run: Run = None,  # type: ignore[assignment]
 ) -> None:
@@ -124,6 +164,9 @@ def main(
     dims = llm_dims(model)
     layer_list = _ints_or_floats(layers, "--layers")
     keep_list = _ints_or_floats(keep, "--keep")
+    if visual_tokens is not None:
+        layer_list, keep_list, target_tokens = visual_token_budget(method, visual_tokens, layer_list, keep_list,
+                                                                   calibrate, target_tokens, dims["num_layers"])
     settings: dict[str, Any] = {"layers": layer_list, "heads": heads, "lam": lam, "scale": scale, "k_min": k_min,
                                 "query": query.value, "agg": agg.value, "r": drop_ratio}
     if method == "fastv":
@@ -151,6 +194,8 @@ def main(
     else:
         calibration = None
     body = {"method": method, **policy.to_dict(), "model": {"spec": model, **dims}, "calibration": calibration}
+    if visual_tokens is not None:
+        body["visual_tokens"] = visual_tokens
     inputs = ([model] if Path(model).exists() else []) + ([allocation] if calibrate and allocation else [])
     art = make_artifact("meteor.prune-llm", body, inputs=inputs)
     write_artifact(out, art)

@@ -229,3 +229,34 @@ def test_allocation_is_refused_for_a_vlm(cli, dirs, synth, tmp_path):
     res = cli("rank-estimate", "--model", str(dirs["llava"]), "--data", str(synth / "train.json"), "--out", "r.json")
     assert res.exit_code != 0
     assert "transformers LlavaForConditionalGeneration" in res.output
+
+
+@pytest.mark.parametrize("n", [3, 5])
+def test_visual_tokens_budget_is_what_is_kept(cli, dirs, synth, tmp_path, n):
+    d = str(dirs["llava"])  # 16 visual tokens per image
+    res = cli("prune-llm", "--model", d, "--method", "fixed", "--visual-tokens", str(n), "--heads", "2", "--out", "v.json")
+    assert res.exit_code == 0, res.output
+    body = json.loads((tmp_path / "v.json").read_text())
+    assert body["layers"] == [2] and body["keep"] == [n] and body["visual_tokens"] == n
+    res = cli("eval", "--model", d, "--data", str(synth), "--limit", "2", "--prune-llm", "v.json", "--max-new-tokens", "2",
+              "--out", "m.json", "-q")
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(x) for x in (tmp_path / "m.samples.jsonl").read_text().splitlines()]
+    assert all(r["stage3"]["kept"] == [n] for r in rows)
+
+
+def test_visual_tokens_budget_errors(cli, dirs):
+    d = str(dirs["llava"])
+    res = cli("prune-llm", "--model", d, "--method", "fastv", "--visual-tokens", "64")
+    assert res.exit_code == 2 and "--drop-ratio" in res.output
+    res = cli("prune-llm", "--model", d, "--visual-tokens", "64")
+    assert res.exit_code == 2 and "--calibrate" in res.output
+    res = cli("prune-llm", "--model", d, "--method", "fixed", "--visual-tokens", "64", "--keep", "3")
+    assert res.exit_code == 2 and "--keep" in res.output
+
+
+def test_visual_tokens_sets_the_calibration_target(cli, dirs, synth, tmp_path):
+    res = cli("prune-llm", "--model", str(dirs["llava"]), "--calibrate", "--data", str(synth / "train.json"),
+              "--visual-tokens", "8", "--heads", "2", "--layers", "1,3", "--count", "2", "--out", "c.json", "-q")
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "c.json").read_text())["calibration"]["target"] == 8.0
