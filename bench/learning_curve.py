@@ -23,13 +23,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from meteor_cli.train.state import has_state
+
 FAMILIES = ("general", "hallucination", "ocr", "chart")
 
 
 def evaluate(ckpt: Path, data: Path, limit: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         copy = Path(tmp) / "ckpt"
-        shutil.copytree(ckpt, copy, ignore=shutil.ignore_patterns("trainer_state.pt", "checkpoints", "*.jsonl"))
+        shutil.copytree(ckpt, copy, ignore=shutil.ignore_patterns("trainer_state.*", "checkpoints", ".meteor.lock", "*.jsonl"))
         out = Path(tmp) / "metrics.json"
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
         meteor = Path(sys.executable).with_name("meteor")
@@ -67,7 +69,7 @@ def main() -> None:
         return
     while True:
         final = (args.run / "model.safetensors").is_file()
-        todo = sorted(p for p in (args.run / "checkpoints").glob("step-*") if (p / "trainer_state.pt").is_file())
+        todo = sorted(p for p in (args.run / "checkpoints").glob("step-*") if has_state(p))
         for ckpt in todo:
             step = int(ckpt.name.split("-")[1])
             if step in done:

@@ -41,7 +41,9 @@ A distribution can add entries by declaring an entry point in the group ``meteor
     my_policies = "my_package.meteor_plugin:register"   # or a callable: called with no arguments
 
 :func:`load_plugins` imports them once (``meteor list`` and every stage call it). A plugin that
-fails to load produces a warning naming it and never breaks the CLI. See ``plugins/README.md``.
+fails to load, whatever it raises (an exception, ``sys.exit()``, ``SystemExit``; only Ctrl-C
+propagates), produces a :class:`PluginLoadWarning` naming it and never breaks the CLI. See
+``plugins/README.md``.
 """
 
 from __future__ import annotations
@@ -62,6 +64,10 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 PLUGIN_GROUP = "meteor.plugins"
+
+
+class PluginLoadWarning(UserWarning):
+    """A ``meteor.plugins`` entry point raised (anything but Ctrl-C) while loading; it was skipped."""
 
 
 class DuplicateRegistrationWarning(UserWarning):
@@ -334,8 +340,13 @@ def load_plugins(group: str = PLUGIN_GROUP) -> list[str]:
             obj = ep.load()
             if callable(obj) and ":" in ep.value:
                 obj()
-        except Exception as exc:  # a broken plugin must not break the CLI
-            warnings.warn(f"meteor plugin {ep.name!r} ({ep.value}) failed to load: {exc}", stacklevel=2)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - a broken plugin must not break the CLI, not even sys.exit()
+            what = f"called sys.exit({exc.code!r})" if isinstance(exc, SystemExit) else \
+                f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            warnings.warn(f"meteor plugin {ep.name!r} ({ep.value}) failed to load and is skipped: {what}",
+                          PluginLoadWarning, stacklevel=2)
             continue
         log.debug("loaded meteor plugin %s (%s)", ep.name, ep.value)
         loaded.append(ep.name)

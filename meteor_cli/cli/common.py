@@ -127,12 +127,12 @@ class Run:
         typer.echo(f"warning: {message}", err=True)
 
     def progress(self, iterable: Iterable[Any] | None = None, **kwargs: Any) -> Any:
-        """A tqdm progress bar on stderr, disabled with ``-q`` or ``--json``'s non-tty stdout."""
-        from tqdm.auto import tqdm
+        """Progress on stderr, off with ``-q``: a tqdm bar on a terminal, else one plain line
+        every ``METEOR_PROGRESS_SECONDS`` (30) seconds (see :mod:`meteor_cli.progress`)."""
+        from meteor_cli.progress import progress_bar
 
         kwargs.setdefault("disable", self.quiet)
-        kwargs.setdefault("dynamic_ncols", True)
-        return tqdm(iterable, file=sys.stderr, **kwargs)
+        return progress_bar(iterable, file=sys.stderr, **kwargs)
 
 
 def not_built(command: str, what: str, issue: int | None = None) -> NotBuiltError:

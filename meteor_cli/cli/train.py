@@ -5,15 +5,18 @@
     torchrun --nproc-per-node 2 -m meteor_cli train ...     # DDP (gloo on CPU, nccl/hccl on GPU/NPU)
 
 Loss on answer tokens only; AdamW, cosine schedule with warm-up, clipping, accumulation; fp32 on
-the CPU, bf16 autocast on CUDA/NPU. Checkpoints in OUT/checkpoints (``--save-every``), the final
-model in OUT; ``--resume`` continues exactly; SIGTERM saves and exits with code 75.
-From a preset, a word-level tokenizer is built from the training text and saved with the model.
+the CPU, bf16 autocast on CUDA/NPU. Checkpoints in OUT/checkpoints (``--save-every``, the newest
+``--keep-last`` kept), the final model in OUT; ``--resume`` continues exactly (see
+``meteor_cli/train/loop.py`` for its rules: finished runs, damaged checkpoints, changed settings);
+SIGTERM saves and exits with code 75. OUT is locked while a run writes it (``OUT/.meteor.lock``).
+From a preset, a word-level tokenizer is built from the training text and saved with the model;
+fine-tuning a word-level checkpoint on words it lacks adds them (``--unknown-words``).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -46,11 +49,21 @@ def main(
     grad_accum: Annotated[int, typer.Option("--grad-accum", min=1, help="Micro-batches per optimizer step.")] = 1,
     freeze: Annotated[str, typer.Option(
         "--freeze", help="Comma-separated parts to freeze: encoders, projectors, llm (empty = train all).")] = "",
-    save_every: Annotated[int, typer.Option("--save-every", min=0, help="Checkpoint every N steps (0 = only at the end).")] = 0,
+    save_every: Annotated[int, typer.Option(
+        "--save-every", min=0, help="Checkpoint every N steps (0 = only at the end); see --keep-last.")] = 0,
+    keep_last: Annotated[int, typer.Option(
+        "--keep-last", min=1, help="Checkpoints to keep in OUT/checkpoints: the newest N; older ones are deleted.")] = 2,
     max_failed: Annotated[float, typer.Option(
         "--max-failed", min=0.0, max=1.0, help="Fail when more than this fraction of images cannot be read.")] = 0.01,
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="Use only the first N image records.")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint in --out.")] = False,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue from the newest intact checkpoint in --out (a finished run: nothing to do, exit 0).")] = False,
+    force: Annotated[bool, typer.Option(
+        "--force", help="With --resume: accept changed settings. Without: start over in an --out that holds a run "
+                        "(deletes its checkpoints and log).")] = False,
+    unknown_words: Annotated[str, typer.Option(
+        "--unknown-words", help="Fine-tuning a word-level model on words it lacks: extend (add them to the "
+                                "vocabulary and embeddings), refuse (list them and stop), or ignore (train them as <unk>).")] = "extend",
     out: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint directory.")] = Path("checkpoints/meteor"),
     run: Run = None,  # type: ignore[assignment]
 ) -> None:
@@ -58,9 +71,8 @@ def main(
     import torch
 
     from meteor_cli.artifacts import read_artifact
-    from meteor_cli.data.llava import image_root_for
-    from meteor_cli.train.loop import TrainConfig, Trainer, init_distributed
-    from meteor_cli.train.vlm_task import VLMTask, load_vlm_data
+    from meteor_cli.outdir import DirectoryLock
+    from meteor_cli.train.loop import TrainConfig, init_distributed
 
     if model is None or data is None:
         raise UsageError("--model and --data are required", "e.g. --model tiny --data synthvqa/train.json")
@@ -68,14 +80,45 @@ def main(
     bad = [p for p in frozen if p not in PARTS]
     if bad:
         raise UsageError(f"--freeze: unknown part(s) {bad}", f"choose from {', '.join(PARTS)}")
+    if unknown_words not in UNKNOWN_WORDS:
+        raise UsageError(f"--unknown-words {unknown_words!r}: choose from {', '.join(UNKNOWN_WORDS)}")
     alloc = read_artifact(allocation, "meteor.allocation", what="--allocation") if allocation else None
     method1 = stage1_method_for(alloc.body if alloc else None, stage1_method)
     cfg = TrainConfig(lr=lr, weight_decay=weight_decay, warmup=warmup, epochs=epochs, max_steps=max_steps,
-                      batch_size=batch_size, grad_accum=grad_accum, save_every=save_every, seed=run.seed,
+                      batch_size=batch_size, grad_accum=grad_accum, save_every=save_every, keep_checkpoints=keep_last,
+                      seed=run.seed,
                       autocast="bf16" if run.device.type != "cpu" else None)
     run.seed_everything()
     dist_info = init_distributed(run.device)
+    # Lock --out now, before the slow part, so a second run into it fails at once (rank 0 holds it).
+    with DirectoryLock(out, command="meteor train", enabled=dist_info.is_main, warn=run.warn):
+        _train(run, model, data, image_root, alloc, method1, cfg, dist_info, frozen, max_failed, limit, resume, force,
+               unknown_words, out, allow_outside_root)
+
+
+UNKNOWN_WORDS = ("extend", "refuse", "ignore")
+
+
+def _train(run: Run, model: str, data: Path, image_root: Path | None, alloc: Any, method1: str | None, cfg: Any,
+           dist_info: Any, frozen: list[str], max_failed: float, limit: int | None, resume: bool, force: bool,
+           unknown_words: str, out: Path, allow_outside_root: bool) -> None:
+    import torch
+
+    from meteor_cli.data.llava import image_root_for
+    from meteor_cli.train.loop import Trainer
+    from meteor_cli.train.vlm_task import VLMTask, extend_vocabulary, load_vlm_data
+
     vlm = _build(model, data, run.seed)
+    # A word-level model fine-tuned on words it lacks (a preset's tokenizer is built from this
+    # data, so only checkpoints have any). Deterministic, so --resume rebuilds the same rows
+    # before the checkpoint's weights overwrite them.
+    from meteor_cli.data.llava import iter_json_records
+    from meteor_cli.data.tokenizer import texts_of
+
+    added = extend_vocabulary(vlm, list(texts_of(iter_json_records(data))), mode=unknown_words, seed=run.seed)
+    if added:
+        run.warn(f"added {len(added)} new word(s) to the vocabulary and embeddings: "
+                 f"{', '.join(added[:10])}{' …' if len(added) > 10 else ''} (--unknown-words refuse to stop instead)")
     if alloc is not None:  # the allocation's Stage-1 and Stage-2 policies (or --stage1-method)
         from meteor_cli.eval.runner import install_pruning
 
@@ -90,15 +133,27 @@ def main(
     if dataset.n_failed:
         run.warn(f"{dataset.n_failed} records skipped: unreadable images (first: {dataset.failed[:3]})")
     torch.manual_seed(run.seed)
-    trainer = Trainer(vlm, dataset, VLMTask(vlm.tokenizer, vlm.cfg.template), cfg, out, device=run.device, dist_info=dist_info,
-                      progress=run.progress)
+    trainer = Trainer(vlm, dataset, VLMTask(vlm.tokenizer, vlm.cfg.template), cfg, out, device=run.device,
+                      dist_info=dist_info, progress=run.progress, warn=run.warn)
     run.info(f"training {sum(p.numel() for p in trainer.trainable) / 1e6:.2f}M parameters on {len(dataset)} samples, "
              f"{trainer.total_steps} steps of {trainer.global_batch}" + (" with Stage 1-2 pruning" if alloc else ""))
-    result = trainer.fit(resume=resume)
-    summary = {"out": str(out), "steps": result.steps, "samples": result.samples, "final_loss": result.final_loss,
-               "seconds": round(result.seconds, 1), "resumed_from": result.resumed_from, "n_skipped": dataset.n_failed}
-    run.emit(summary, lambda: typer.echo(f"trained {result.steps} steps in {result.seconds:.0f}s, final loss "
-                                         f"{result.final_loss:.4f}; model in {out}"))
+    result = trainer.fit(resume=resume, force=force)
+    summary = {"out": str(out), "steps": result.steps, "steps_this_run": result.steps_this_run,
+               "total_steps": trainer.total_steps, "samples": result.samples, "final_loss": result.final_loss,
+               "seconds": round(result.seconds, 1), "resumed_from": result.resumed_from,
+               "already_complete": result.already_complete, "n_skipped": dataset.n_failed, "added_words": added}
+    run.emit(summary, lambda: typer.echo(_summary_line(result, out)))
+
+
+def _summary_line(result: Any, out: Path) -> str:
+    """``trained 10 steps (1201-1210 of 1210, resumed from step 1200) in 10s, final loss …``."""
+    if result.already_complete:
+        return f"already complete: {out} holds the final model of all {result.steps} steps; nothing to do"
+    n = result.steps_this_run
+    span = f" (steps {result.start_step + 1}-{result.steps}, resumed from step {result.start_step})" \
+        if result.start_step else ""
+    loss = f", final loss {result.final_loss:.4f}" if result.final_loss is not None else ""
+    return f"trained {n} step{'s' if n != 1 else ''}{span} in {result.seconds:.0f}s{loss}; model in {out}"
 
 
 def _build(spec: str, data: Path, seed: int):

@@ -143,3 +143,38 @@ class VLMTask:
         model.load_state_dict(read_weights(directory), strict=False)
         if getattr(model.llm.config, "tie_word_embeddings", False):
             model.llm.tie_weights()
+
+
+def extend_vocabulary(vlm: Any, texts: list[str], *, mode: str = "extend", seed: int = 0) -> list[str]:
+    """Give the words of ``texts`` that ``vlm``'s word-level tokenizer lacks their own ids.
+
+    Without this, fine-tuning a word-level model (``tiny-synthvqa``) on text with new words
+    trains on ``<unk>`` in their place: the model can never say them. ``mode``:
+
+    * ``"extend"``: append the words to the tokenizer and grow the LLM's input embedding and
+      output head (``resize_token_embeddings``; the new rows are drawn around the mean of the
+      existing ones, so the new words start out neither favoured nor ignored). The tokenizer
+      saved with the model has the new words.
+    * ``"refuse"``: an :class:`InvalidInputError` listing them.
+    * ``"ignore"``: leave them as ``<unk>`` (the old behaviour).
+
+    Subword tokenizers (real LLMs) have no unknown words: nothing happens. Returns the new words.
+    """
+    from meteor_cli.data.tokenizer import extend_word_tokenizer, unknown_words
+
+    if mode not in ("extend", "refuse", "ignore"):
+        raise ValueError(f"unknown mode {mode!r}")
+    words = unknown_words(vlm.tokenizer, texts) if vlm.tokenizer is not None and mode != "ignore" else []
+    if not words:
+        return []
+    shown = ", ".join(words[:20]) + (f", … ({len(words)} in all)" if len(words) > 20 else "")
+    if mode == "refuse":
+        raise InvalidInputError(f"the training data has {len(words)} word(s) the model's vocabulary lacks "
+                                f"(they would all train as <unk>): {shown}",
+                                "drop --unknown-words refuse to add them to the vocabulary and embeddings")
+    tok = extend_word_tokenizer(vlm.tokenizer, words)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        vlm.llm.resize_token_embeddings(len(tok))
+    vlm.tokenizer = tok
+    return words

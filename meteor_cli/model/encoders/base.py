@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from meteor_cli.config import EncoderConfig
-from meteor_cli.errors import ConfigError, InputNotFoundError
+from meteor_cli.errors import ConfigError, InputNotFoundError, InvalidInputError
 
 
 @dataclass
@@ -178,7 +178,15 @@ class EncoderAdapter(nn.Module):
 
             sd = load_file(str(p))
         else:
-            sd = torch.load(p, map_location="cpu", weights_only=True)
+            import pickle
+
+            try:  # weights_only: torch's restricted unpickler, which runs no code from the file
+                sd = torch.load(p, map_location="cpu", weights_only=True)
+            except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+                raise InvalidInputError(f"encoder {self.cfg.name}: {path} is not a plain tensor checkpoint ({first})",
+                                        "meteor loads only tensors from .pth/.bin files (never code); "
+                                        "convert it to .safetensors") from None
             sd = sd.get("state_dict", sd.get("model", sd)) if isinstance(sd, dict) else sd
         module.load_state_dict(sd, strict=True)
 
