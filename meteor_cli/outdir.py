@@ -99,6 +99,8 @@ class DirectoryLock:
     def acquire(self) -> None:
         if not self.enabled or self._held:
             return
+        if self.directory.exists() and not self.directory.is_dir():
+            raise UsageError(f"{self.directory} is a file, not a directory", "choose a directory for --out")
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:

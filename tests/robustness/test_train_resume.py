@@ -411,10 +411,20 @@ def test_cli_resume_summary_then_already_complete(cli, synth, tmp_path):
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
     assert out["already_complete"] and out["steps"] == 2 and out["steps_this_run"] == 0
-    res = cli("train", *BASE, "--resume", "-q")
-    assert res.exit_code == 0 and "already complete: run holds the final model of all 2 steps" in res.stdout
     res = cli("train", *BASE, "--resume", "--lr", "5e-4", "-q")
     assert res.exit_code == ExitCode.USAGE and "--lr 0.001 -> 0.0005" in res.stderr and "--force" in res.stderr
+
+
+def test_summary_lines():
+    from pathlib import Path
+
+    from meteor_cli.cli.train import _summary_line
+    from meteor_cli.train.loop import TrainResult
+
+    assert _summary_line(TrainResult(2, 8, None, 0.0, 2, [], start_step=2, already_complete=True), Path("run")) == \
+        "already complete: run holds the final model of all 2 steps; nothing to do"
+    line = _summary_line(TrainResult(1210, 0, 0.5, 10.2, 1200, [], start_step=1200), Path("run"))
+    assert line == "trained 10 steps (steps 1201-1210, resumed from step 1200) in 10s, final loss 0.5000; model in run"
 
 
 def test_cli_refuses_a_locked_out_before_loading_anything(cli, synth, tmp_path):
@@ -474,3 +484,12 @@ def test_fine_tuning_with_new_words_extends_vocabulary_and_embeddings(cli, synth
     assert tok.unk_token_id not in ids and sorted(ids) == [n - 3, n - 2, n - 1]
     new_rows = model.llm.get_input_embeddings().weight[-3:]
     assert torch.isfinite(new_rows).all() and new_rows.norm(dim=1).min() > 0
+
+
+@pytest.mark.parametrize("shape", ["a file", "below a file"])
+def test_out_that_cannot_be_a_directory_is_named(tmp_path, shape):
+    (tmp_path / "f").write_text("x")
+    out = tmp_path / "f" if shape == "a file" else tmp_path / "f" / "run"
+    with pytest.raises((UsageError, OutputError)) as info:
+        make(out).fit()
+    assert str(tmp_path / "f") in info.value.message
