@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from meteor_cli.errors import ExitCode, MeteorError, UsageError
+from meteor_cli.errors import MeteorError, OutputNotWritableError, UsageError
 
 LOCK_NAME = ".meteor.lock"
 
@@ -40,10 +40,8 @@ class DirectoryBusyError(UsageError):
     """Another live process holds the directory's lock."""
 
 
-class OutputError(MeteorError):
-    """An output could not be written (disk full, read-only file system, no permission)."""
-
-    exit_code = ExitCode.NOT_FOUND
+#: An output could not be written (disk full, read-only file system, no permission): exit 3.
+OutputError = OutputNotWritableError
 
 
 def _pid_alive(pid: int) -> bool:

@@ -308,13 +308,12 @@ class Trainer:
         if self.dist.is_main:
             from meteor_cli.artifacts import atomic_dir
 
-            tmp: Path | None = None
-            try:
-                with atomic_dir(target) as tmp:
+            with atomic_dir(target) as tmp:
+                try:
                     self.task.save(self.model, tmp)
                     save_state(self._state(), tmp)
-            except OSError as exc:
-                raise write_error(_untemp(exc, tmp, target), target) from None
+                except OSError as exc:  # name the file where it was going, not the temporary one
+                    raise write_error(_untemp(exc, tmp, target), target) from None
             for old in self.checkpoints()[self.cfg.keep_checkpoints:]:
                 shutil.rmtree(old, ignore_errors=True)
         self._barrier()
