@@ -95,6 +95,9 @@ class LineProgress:
         items = {**(ordered_dict or {}), **kwargs}
         self.postfix = " ".join(f"{k}={v}" for k, v in items.items())
 
+    def set_postfix_str(self, s: str = "", refresh: bool = True) -> None:
+        self.postfix = s
+
     def set_description(self, desc: str | None = None, refresh: bool = True) -> None:
         self.desc = desc or ""
 

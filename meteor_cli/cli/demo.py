@@ -238,7 +238,9 @@ def main(
                           "--out", out / "allocation.json", "-q"], [out / "allocation.json"],
              _artifact_check(out / "allocation.json", "meteor.allocation")),
         Step("train", ["train", "--model", model, "--data", sv / "train.json", "--allocation", out / "allocation.json",
-                       "--lr", 2e-4, "--batch-size", 16, "--max-steps", sizes.steps, "--warmup", 0.05, "--out", ft, *common],
+                       "--lr", 2e-4, "--batch-size", 16, "--max-steps", sizes.steps, "--warmup", 0.05, "--out", ft,
+                       # a killed fine-tune continues from its checkpoint; a fresh demo starts it over
+                       "--resume" if resume else "--force", *common],
              [ft / "config.json"], _checkpoint_check(ft)),
         # Calibrated with Stage 1-2 applied, so the layer average it hits is the one eval measures.
         Step("prune-llm", ["prune-llm", "--model", ft, "--calibrate", "--data", sv / "train.json", "--allocation",

@@ -359,10 +359,15 @@ def test_progress_in_a_log_is_plain_lines_every_interval(monkeypatch):
         bar.update(1)
         bar.set_postfix(loss="1.2345")
     bar.close()
+    bar.close()  # twice: one last line only
     lines = buf.getvalue().splitlines()
     assert "\r" not in buf.getvalue() and len(lines) == 6  # at 0.5 s, 10.5, 20.5, 30.5, 40.5, then the last
     assert lines[-1].startswith("training: 100/100 step (100.0%) elapsed 0:50, 2.00 step/s") and "loss=1.2345" in lines[-1]
     assert "eta 0:" in lines[1]
+    bar = LineProgress(total=2, desc="demo", file=buf, interval=0)
+    bar.set_postfix_str("train")
+    bar.update(1)
+    assert buf.getvalue().splitlines()[-1].endswith("| train")
 
 
 def test_progress_on_a_terminal_is_a_tqdm_bar():
