@@ -85,6 +85,7 @@ class DirectoryLock:
         self.enabled = enabled
         self._warn = warn
         self._held = False
+        self._created: list[Path] = []
 
     def _warning(self, message: str) -> None:
         if self._warn is not None:
@@ -99,10 +100,12 @@ class DirectoryLock:
             return
         if self.directory.exists() and not self.directory.is_dir():
             raise UsageError(f"{self.directory} is a file, not a directory", "choose a directory for --out")
+        missing = [d for d in (self.directory, *self.directory.parents) if not d.exists()]
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise write_error(exc, self.directory) from None
+        self._created = missing  # removed again on release if still empty (a run that failed early)
         me = {"pid": os.getpid(), "host": _hostname(), "command": self.command,
               "since": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
         for _ in range(3):
@@ -144,6 +147,11 @@ class DirectoryLock:
         if holder is None or holder.get("pid") == os.getpid():
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
+        for d in self._created:  # innermost first; stops at the first that holds anything
+            try:
+                d.rmdir()
+            except OSError:
+                break
 
     def __enter__(self) -> DirectoryLock:
         self.acquire()

@@ -340,6 +340,15 @@ def test_the_lock_holds_pid_and_host_while_training(tmp_path):
     assert not lock.path.exists()
 
 
+def test_a_directory_the_lock_created_goes_away_if_nothing_was_written(tmp_path):
+    with DirectoryLock(tmp_path / "a" / "b"):
+        assert (tmp_path / "a" / "b" / LOCK_NAME).is_file()
+    assert not (tmp_path / "a").exists()
+    with DirectoryLock(tmp_path / "c"):
+        (tmp_path / "c" / "model.safetensors").write_bytes(b"x")
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["model.safetensors"]
+
+
 def test_only_rank_zero_locks(tmp_path):
     DirectoryLock(tmp_path, enabled=False).acquire()
     assert not (tmp_path / LOCK_NAME).exists()
