@@ -36,6 +36,9 @@ class ExitCode(enum.IntEnum):
     DEVICE_UNAVAILABLE = 6
     #: Training stopped because the loss became NaN/inf; the last good checkpoint is kept.
     DIVERGED = 7
+    #: Some requests of a streaming command failed (``meteor infer``): each has a line with an
+    #: ``error`` field in the output, and the others were answered.
+    PARTIAL = 8
     #: Training stopped on SIGTERM (HPC preemption) after saving a checkpoint: resubmit with
     #: ``--resume``. (Same value as BSD's EX_TEMPFAIL: "try again later".)
     PREEMPTED = 75

@@ -54,7 +54,9 @@ def test_infer_single_image_and_question_file(cli, tmp_path):
     assert [json.loads(x)["question_id"] for x in lines] == ["eval-000000", "eval-000001"]
     assert cli("infer", "--model", "tiny", "--device", "cpu").exit_code == ExitCode.USAGE
     res = cli("infer", "--model", "tiny", "--questions", "sv/eval/questions.jsonl", "--device", "cpu")  # wrong root
-    assert res.exit_code == ExitCode.NOT_FOUND and "eval-000000" in res.stderr
+    errors = [json.loads(x) for x in res.stdout.splitlines()]  # one inline error per request, none answered
+    assert res.exit_code == ExitCode.PARTIAL and [e["question_id"] for e in errors] == ["eval-000000", "eval-000001"]
+    assert all("does not exist" in e["error"] for e in errors)
 
 
 def test_prune_llm_calibration_hits_its_target(cli, tmp_path):
