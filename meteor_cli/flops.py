@@ -51,6 +51,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+from torch import nn
+
 CONVENTIONS = ("macs", "flops", "fastv")
 FORMULAS = {
     "fastv": "LLM layer: 4nd^2 + 2n^2d + 2ndm (FastV eq. 5); encoders/projectors: MACs",
@@ -238,6 +241,173 @@ class FlopReport:
                 "components": self.by_component(), "total": self.total(), "notes": self.notes}
 
 
+# --------------------------------------------------------------------------------------------
+# Measured: fvcore's FlopCountAnalysis on a real forward, pruning hooks installed
+# --------------------------------------------------------------------------------------------
+
+#: Operators that are matrix products (what the analytic count covers); fvcore's other handled
+#: operators (norms, pooling, interpolation) are reported apart as ``other``.
+MATRIX_OPS = frozenset({"addmm", "bmm", "conv", "_convolution", "einsum", "matmul", "mm", "linear",
+                        "scaled_dot_product_attention"})
+
+SDPA_NOTE = ("fvcore has no handle for aten::scaled_dot_product_attention (SDPA, used by timm, CLIP and the "
+             "LLM); meteor adds one that counts its two matrix products over the full, unmasked score matrix, "
+             "B*H*Lq*Lk*(dk + dv) multiply-adds (GQA: H = query heads), as the analytic formulas do")
+
+
+def sdpa_flop_jit(inputs: list[Any], outputs: list[Any]) -> int:
+    """fvcore handle for ``aten::scaled_dot_product_attention``: ``QKᵀ`` and ``AV`` in MACs."""
+    from fvcore.nn.jit_handles import get_shape
+
+    q, k, v = (get_shape(x) for x in inputs[:3])
+    assert q is not None and k is not None and v is not None
+    batch = 1
+    for d in q[:-2]:
+        batch *= d
+    lq, dk, lk, dv = q[-2], q[-1], k[-2], v[-1]
+    return int(batch * lq * lk * (dk + dv))
+
+
+class _Marker(nn.Module):
+    """A parameter-free module around a callable, so fvcore's trace scopes (caller mode) name the
+    work done inside it: an encoder, a pruning stage's scoring."""
+
+    def __init__(self, fn: Any) -> None:
+        super().__init__()
+        self._fn = [fn]  # a list: never registered as a submodule
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self._fn[0](*args, **kwargs)
+
+
+class _Probe(nn.Module):
+    """One prefill of a MultiEncoderVLM as a traceable module: image (1, 3, S, S) → last logits.
+
+    The text is ``text`` token ids after the visual tokens (so every text token is a Stage-3 query
+    row); logits are computed for the last position only (``logits_to_keep=1``, as in generation).
+    """
+
+    def __init__(self, vlm: Any, stage3: Any, text_ids: Any) -> None:
+        super().__init__()
+        self.vlm, self.stage3 = vlm, stage3
+        self.text_ids = text_ids
+        self.marks = nn.ModuleDict()
+        for name in vlm.encoders:
+            self.marks[f"enc_{name}"] = _Marker(lambda images, _n=name: type(vlm).run_encoder(vlm, _n, images))
+            self.marks[f"s1_{name}"] = _Marker(lambda *a: vlm._flops_stage1(*a))
+        self.marks["s2"] = _Marker(lambda *a: vlm._flops_stage2(*a))
+        if stage3 is not None:
+            self.marks["s3"] = _Marker(lambda *a: type(stage3).score(stage3, *a))
+        self.kept: dict[int, int] = {}
+        self.visual = 0
+
+    def forward(self, images: Any) -> Any:
+        vlm, marks = self.vlm, self.marks
+        vlm.run_encoder = lambda name, imgs: marks[f"enc_{name}"](imgs)
+        if vlm.stage1 is not None:
+            vlm._flops_stage1, vlm.stage1 = vlm.stage1, lambda name, *a: marks[f"s1_{name}"](name, *a)
+        if vlm.stage2 is not None:
+            vlm._flops_stage2, vlm.stage2 = vlm.stage2, lambda *a: marks["s2"](*a)
+        if self.stage3 is not None:
+            self.stage3.score = lambda *a: marks["s3"](*a)
+        try:
+            vis = vlm.encode_images(images)
+            text = vlm.llm.get_input_embeddings()(self.text_ids)
+            embeds = torch.cat([vis.z.to(text.dtype), text], dim=1)
+            self.visual = int(vis.z.shape[1])
+            if self.stage3 is None:
+                return vlm.llm(inputs_embeds=embeds, use_cache=False, logits_to_keep=1).logits
+            with self.stage3.session([0], [self.visual]) as sess:
+                logits = vlm.llm(inputs_embeds=embeds, use_cache=False, logits_to_keep=1).logits
+            self.kept = {p: len(k[0]) for p, k in sorted(sess.kept.items())}
+            return logits
+        finally:
+            del vlm.run_encoder
+            for hook in ("stage1", "stage2"):
+                saved = vlm.__dict__.pop(f"_flops_{hook}", None)
+                if saved is not None:
+                    setattr(vlm, hook, saved)
+            if self.stage3 is not None:
+                del self.stage3.score
+
+
+@dataclass
+class MeasuredFlops:
+    """fvcore's count of one prefill, in MACs, split like :class:`FlopReport`.
+
+    Attributes:
+        components: ``encoder/NAME``, ``projector/NAME`` (or ``projector/fused``), ``llm/prefill``:
+            matrix products only (what the analytic count covers), the pruning scoring excluded.
+        other: per component, fvcore's other counted operators (norms, pooling, interpolation).
+        pruning: the scoring work of each stage (``stage1``, ``stage2``, ``stage3``), which the
+            analytic count leaves out.
+        visual_tokens: tokens that entered the LLM; stage3_kept: layer → visual tokens kept (this input).
+        unsupported: operators fvcore saw but did not count (elementwise ops, softmax, …), with counts.
+    """
+
+    components: dict[str, float]
+    other: dict[str, float]
+    pruning: dict[str, float]
+    visual_tokens: int
+    stage3_kept: dict[int, int]
+    unsupported: dict[str, int]
+
+
+def fvcore_macs(vlm: Any, text_tokens: int, *, stage3: Any = None, seed: int = 0) -> MeasuredFlops:
+    """Trace one prefill of ``vlm`` (its Stage-1/2 hooks and the Stage-3 pruner ``stage3`` as
+    installed) on a seeded random image and ``text_tokens`` random text tokens with fvcore's
+    ``FlopCountAnalysis`` (ancestor mode "caller"), with :func:`sdpa_flop_jit` for SDPA."""
+    import warnings
+
+    with warnings.catch_warnings():  # fvcore's import uses the deprecated torch.jit.script
+        warnings.simplefilter("ignore")
+        from fvcore.nn import FlopCountAnalysis
+
+    if text_tokens < 1:
+        raise ValueError("the measured forward needs at least one text token")
+    g = torch.Generator().manual_seed(seed)
+    size = max(e.cfg.image_size for e in vlm.encoders.values())
+    device = next(vlm.parameters()).device
+    image = torch.rand(1, 3, size, size, generator=g).to(device)
+    vocab = int(vlm.llm.config.vocab_size)
+    ids = torch.randint(4, max(5, vocab), (1, text_tokens), generator=g).to(device)
+    probe = _Probe(vlm, stage3, ids).eval()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fca = FlopCountAnalysis(probe, (image,))
+        fca.set_op_handle("aten::scaled_dot_product_attention", sdpa_flop_jit)
+        fca.ancestor_mode("caller").unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+        fca.tracer_warnings("none")
+        per = fca.by_module_and_operator()
+        unsupported = dict(fca.unsupported_ops(""))
+
+    def split(scope: str) -> tuple[float, float]:
+        ops = per.get(scope, {})
+        mat = sum(v for k, v in ops.items() if k in MATRIX_OPS)
+        return float(mat), float(sum(ops.values()) - mat)
+
+    comps: dict[str, float] = {}
+    other: dict[str, float] = {}
+    pruning = {"stage1": 0.0, "stage2": 0.0, "stage3": 0.0}
+    for name in vlm.encoders:
+        m, o = split(f"marks.enc_{name}")
+        sm, so = split(f"marks.s1_{name}")
+        comps[f"encoder/{name}"], other[f"encoder/{name}"] = m - sm, o - so
+        pruning["stage1"] += sm + so
+    for name in vlm.projectors:
+        comps[f"projector/{name}"], other[f"projector/{name}"] = split(f"vlm.projectors.{name}")
+    pruning["stage2"] = sum(split("marks.s2"))
+    m, o = split("vlm.llm")
+    sm, so = split("marks.s3")
+    comps["llm/prefill"], other["llm/prefill"] = m - sm, o - so
+    pruning["stage3"] = sm + so
+    total_m, total_o = split("")
+    rest = total_m + total_o - sum(comps.values()) - sum(other.values()) - sum(pruning.values())
+    if abs(rest) > 0.5:
+        other["outside components"] = rest  # e.g. pre-projection fusion's interpolation
+    return MeasuredFlops(comps, other, pruning, probe.visual, probe.kept, unsupported)
+
+
 __all__ = ["CONVENTIONS", "FORMULAS", "FlopReport", "LLMDims", "convnext_macs", "encoder_macs", "llm_decode",
-           "llm_layer_macs", "llm_prefill", "projector_macs", "sam_block_macs", "stage1_tokens", "vit_block_macs",
+           "llm_layer_macs", "llm_prefill", "MeasuredFlops", "fvcore_macs", "sdpa_flop_jit", "projector_macs", "sam_block_macs", "stage1_tokens", "vit_block_macs",
            "vit_macs"]

@@ -10,7 +10,18 @@ blocks, EVA-02 and Pix2Struct with gated three-matrix MLPs, SAM's padded windows
 ConvNeXt's stages). Stage-1 budgets shrink the blocks after each pruning point (SAM and ConvNeXt
 are pruned only at their output, so their cost does not change); Stage 3 uses the schedule's kept
 counts (``fixed``, ``fastv``, ``pdrop``), the measured per-layer means of a calibrated ``meteor``
-schedule, or ``--stage3-kept``.
+schedule, or ``--stage3-kept``. A calibrated schedule's means were measured on the inputs the
+calibration saw: with ``--allocation`` as well they are used as they are only when the calibration
+was measured with that allocation; otherwise they are scaled to the tokens the allocation lets into
+the LLM (a derivation, said so in ``visual_tokens.stage3_source`` and on stderr).
+
+``--count fvcore`` (or ``both``) also runs one real prefill — a seeded random image and
+``--text-tokens`` text tokens, the pruning hooks of all three stages installed — through fvcore's
+``FlopCountAnalysis`` and reports it per component next to the analytic count at the same token
+counts (in MACs: fvcore counts one multiply-add as one flop), with the relative difference. SDPA,
+which fvcore does not count, gets a handle (:data:`meteor_cli.flops.SDPA_NOTE`); fvcore's norms and
+pooling, and the pruning policies' own scoring, are reported apart (the analytic count has neither).
+Models whose unpruned prefill exceeds :data:`FVCORE_MAX_MACS` are refused (use ``--count analytic``).
 """
 
 from __future__ import annotations
@@ -25,35 +36,67 @@ from meteor_cli.cli.common import Run, meteor_command
 from meteor_cli.errors import UsageError
 
 
+#: Largest unpruned model (prefill multiply-adds) ``--count fvcore`` runs: about a minute on a CPU.
+FVCORE_MAX_MACS = 2e12
+
+
+class Count(str, Enum):
+    analytic = "analytic"
+    fvcore = "fvcore"
+    both = "both"
+
+
 class Convention(str, Enum):
     fastv = "fastv"
     macs = "macs"
     flops = "flops"
 
 
-def stage3_counts(s3: dict[str, Any], n: int, override: list[float] | None) -> tuple[list[int], list[float]]:
-    """Pruning layers and visual tokens kept after each, for a prune-llm body and n input tokens."""
+def stage3_counts(s3: dict[str, Any], n: int, override: list[float] | None, *, allocation_sha: str | None = None,
+                  n_unpruned: int | None = None) -> tuple[list[int], list[float], str]:
+    """Pruning layers, visual tokens kept after each, and where those counts come from, for a
+    prune-llm body and ``n`` visual tokens entering the LLM.
+
+    A calibrated ``meteor`` schedule's per-layer means are used as measured when the calibration saw
+    the same inputs: no ``--allocation`` (``allocation_sha`` None) and none in the calibration, or
+    the calibration records this allocation (``calibration.allocation.sha256``). Otherwise they are
+    scaled by ``n / n_cal`` (``n_cal``: ``calibration.visual_tokens`` if recorded, else
+    ``n_unpruned``), capped at ``n``, and the source says it is derived.
+    """
     layers = list(s3["layers"])
     if override is not None:
         if len(override) != len(layers):
             raise UsageError(f"--stage3-kept has {len(override)} values for layers {layers}")
-        return layers, override
+        return layers, override, "given (--stage3-kept)"
     method = s3["method"]
     if method in ("fixed", "all-heads"):
-        return layers, [min(n, round(v * n) if isinstance(v, float) and v <= 1 else v) for v in s3["keep"]]
+        return layers, [min(n, round(v * n) if isinstance(v, float) and v <= 1 else v) for v in s3["keep"]], "schedule"
     if method == "fastv":
-        return layers, [max(1, round(n * (1 - s3["r"])))]
+        return layers, [max(1, round(n * (1 - s3["r"])))], "schedule"
     if method == "pdrop":
-        return layers, [max(1, int(n * r)) for r in s3["ratios"]]
-    cal = (s3.get("calibration") or {}).get("per_layer_mean")
+        return layers, [max(1, int(n * r)) for r in s3["ratios"]], "schedule"
+    calibration = s3.get("calibration") or {}
+    cal = calibration.get("per_layer_mean")
     if cal:
-        return layers, list(cal)
+        rec = calibration.get("allocation")
+        rec_sha = rec.get("sha256") if isinstance(rec, dict) else None
+        if allocation_sha is None and not rec:
+            return layers, list(cal), f"calibration (measured on {calibration.get('n', '?')} samples, no allocation)"
+        if allocation_sha is not None and rec_sha == allocation_sha:
+            return layers, list(cal), (f"calibration (measured with this allocation on "
+                                       f"{calibration.get('n', '?')} samples)")
+        n_cal = float(calibration.get("visual_tokens") or n_unpruned or n)
+        scaled = [min(float(n), v * n / n_cal) for v in cal]
+        measured = "with another allocation" if rec else "without an allocation"
+        return layers, scaled, (f"derived: the calibration was measured {measured} ({n_cal:g} visual tokens into "
+                                f"the LLM); its per-layer means are scaled to the {n} this allocation lets in")
     raise UsageError("a meteor Stage-3 schedule keeps a different count per input",
                      "calibrate it (`meteor prune-llm --calibrate`) or give the expected counts with --stage3-kept")
 
 
 def count(vlm_cfg: Any, llm_cfg: dict[str, Any], alloc: dict[str, Any] | None, s3: dict[str, Any] | None, convention: str,
-          text: int, new_tokens: int, stage3_kept: list[float] | None) -> dict[str, Any]:
+          text: int, new_tokens: int, stage3_kept: list[float] | None, *, allocation_sha: str | None = None) -> dict[str, Any]:
+    """The analytic count (a ``meteor.flops`` body) for a model config, allocation and Stage-3 settings."""
     from meteor_cli import flops as F
     from meteor_cli.pruning.schedule import tokens_per_layer
 
@@ -73,11 +116,14 @@ def count(vlm_cfg: Any, llm_cfg: dict[str, Any], alloc: dict[str, Any] | None, s
     else:
         n_vis = vlm_cfg.grid ** 2
         rep.add("projector/fused", F.projector_macs(n_vis, sum(e.width for e in vlm_cfg.encoders), d_llm, convention=convention))
+    n_unpruned = sum(e.num_tokens for e in vlm_cfg.encoders) if vlm_cfg.fusion == "post-projection" else n_vis
     if alloc:
         n_vis = min(n_vis, int(alloc["stage2"]["keep"]))
     dims = F.LLMDims.from_hf_config(llm_cfg)
+    source = None
     if s3:
-        layers, kept = stage3_counts(s3, n_vis, stage3_kept)
+        layers, kept, source = stage3_counts(s3, n_vis, stage3_kept, allocation_sha=allocation_sha,
+                                             n_unpruned=n_unpruned)
         schedule = tokens_per_layer(n_vis, layers, kept, dims.layers)
     else:
         schedule = [float(n_vis)] * dims.layers
@@ -85,9 +131,56 @@ def count(vlm_cfg: Any, llm_cfg: dict[str, Any], alloc: dict[str, Any] | None, s
     if new_tokens:
         rep.add("llm/decode", F.llm_decode(dims, [text + v for v in schedule], new_tokens, convention=convention))
     out = rep.to_json()
-    out["visual_tokens"] = {"into_llm": n_vis, "layer_averaged": sum(schedule) / len(schedule), "per_encoder": final}
+    out["visual_tokens"] = {"into_llm": n_vis, "layer_averaged": sum(schedule) / len(schedule), "per_encoder": final,
+                            "stage3_source": source}
     out["text_tokens"], out["new_tokens"] = text, new_tokens
     return out
+
+
+def measure(model: str, cfg: Any, alloc: dict[str, Any] | None, s3: dict[str, Any] | None, text: int, seed: int,
+            stage1_method: str | None = None) -> dict[str, Any]:
+    """``--count fvcore``: fvcore on one real prefill with the pruning hooks installed, next to the
+    analytic count (MACs) at the token counts that forward had; per component the relative difference."""
+    from meteor_cli import flops as F
+    from meteor_cli.eval.runner import install_pruning
+    from meteor_cli.model.checkpoint import load_model
+
+    llm_cfg = cfg.llm.resolved_hf_config()
+    full = count(cfg, llm_cfg, None, None, "macs", text, 0, None)["total"]
+    if full > FVCORE_MAX_MACS:
+        raise UsageError(f"--count fvcore runs the model: {model} needs {full / 1e12:.1f} T multiply-adds per unpruned "
+                         f"prefill, more than the {FVCORE_MAX_MACS / 1e12:g} T this command runs",
+                         "use --count analytic for models this large")
+    if text < 1:
+        raise UsageError("--count fvcore needs --text-tokens of at least 1", "e.g. --text-tokens 64")
+    vlm = load_model(model, "cpu", seed=seed)
+    stage3 = install_pruning(vlm, alloc, s3, seed=seed, stage1_method=stage1_method)
+    try:
+        m = F.fvcore_macs(vlm, text, stage3=stage3, seed=seed)
+    finally:
+        if stage3 is not None:
+            stage3.remove()
+    kept = list(m.stage3_kept.values()) if s3 else None
+    analytic = count(cfg, llm_cfg, alloc, s3, "macs", text, 0, kept)
+    rows = {}
+    for k, a in analytic["components"].items():
+        f = m.components.get(k, 0.0)
+        rows[k] = {"analytic": a, "fvcore": f, "difference": (f - a) / a if a else 0.0, "fvcore_other": m.other.get(k, 0.0)}
+    fv_total = sum(m.components.values())
+    return {
+        "unit": "MACs (fvcore counts one multiply-add as one flop)",
+        "input": {"image": f"random {max(e.image_size for e in cfg.encoders)} px, seed {seed}", "text_tokens": text,
+                  "visual_tokens_into_llm": m.visual_tokens, "stage3_kept": m.stage3_kept},
+        "components": rows,
+        "total": {"analytic": analytic["total"], "fvcore": fv_total,
+                  "difference": (fv_total - analytic["total"]) / analytic["total"]},
+        "pruning_scoring": m.pruning,
+        "other_ops": {k: v for k, v in m.other.items() if v},
+        "sdpa": F.SDPA_NOTE,
+        "scope": "prefill only (decode: analytic); matrix products compared; fvcore's norms, pooling and "
+                 "interpolation in fvcore_other; each pruning stage's scoring in pruning_scoring (not in the analytic count)",
+        "not_counted_by_fvcore": m.unsupported,
+    }
 
 
 @meteor_command("flops")
@@ -97,6 +190,9 @@ def main(
     prune_llm: Annotated[Path | None, typer.Option("--prune-llm", help="Stage-3 settings (prune-llm artifact).")] = None,
     convention: Annotated[Convention, typer.Option(
         "--convention", help="fastv (the FastV paper's per-layer formula), macs (1 multiply-add = 1), flops (= 2).")] = Convention.fastv,
+    count_with: Annotated[Count, typer.Option(
+        "--count", help="analytic (from the config), fvcore (fvcore's FlopCountAnalysis on one real prefill with the "
+                        "pruning hooks; MACs) or both, with the difference per component.")] = Count.analytic,
     text_tokens: Annotated[int, typer.Option("--text-tokens", min=0, help="Text tokens in the prompt.")] = 64,
     new_tokens: Annotated[int, typer.Option("--new-tokens", min=0, help="Generated tokens (decode cost).")] = 0,
     stage3_kept: Annotated[str | None, typer.Option(
@@ -105,7 +201,7 @@ def main(
     run: Run = None,  # type: ignore[assignment]
 ) -> None:
     """Count FLOPs per component of the pruned and unpruned model, stating the convention."""
-    from meteor_cli.artifacts import make_artifact, read_artifact, write_artifact
+    from meteor_cli.artifacts import input_ref, make_artifact, read_artifact, write_artifact
     from meteor_cli.model.checkpoint import load_model_config
 
     if model is None:
@@ -117,22 +213,51 @@ def main(
 
         check_allocation_fits(alloc, {e.name: e for e in cfg.encoders}, name=str(allocation))
     s3 = read_artifact(prune_llm, "meteor.prune-llm", what="--prune-llm").body if prune_llm else None
-    kept = [float(x) for x in stage3_kept.split(",")] if stage3_kept else None
-    body = count(cfg, cfg.llm.resolved_hf_config(), alloc, s3, convention.value, text_tokens, new_tokens, kept)
+    try:
+        kept = [float(x) for x in stage3_kept.split(",")] if stage3_kept else None
+    except ValueError:
+        raise UsageError(f"--stage3-kept {stage3_kept!r} must be comma-separated numbers", "e.g. --stage3-kept 50,20") from None
+    sha = input_ref(allocation)["sha256"] if allocation else None
+    body = count(cfg, cfg.llm.resolved_hf_config(), alloc, s3, convention.value, text_tokens, new_tokens, kept,
+                 allocation_sha=sha)
     unpruned = count(cfg, cfg.llm.resolved_hf_config(), None, None, convention.value, text_tokens, new_tokens, None)
     body["unpruned_total"] = unpruned["total"]
     body["ratio"] = body["total"] / unpruned["total"]
+    source = body["visual_tokens"]["stage3_source"]
+    if source and source.startswith("derived"):
+        run.warn(f"Stage-3 kept counts {source}; for measured counts calibrate with this allocation, or give "
+                 "--stage3-kept")
+    if count_with is not Count.analytic:
+        body["fvcore"] = measure(model, cfg, alloc, s3, text_tokens, run.seed)
     if out is not None:
         inputs = [p for p in (allocation, prune_llm) if p is not None]
         write_artifact(out, make_artifact("meteor.flops", body, inputs=inputs))
 
     def human() -> None:
         unit = "MACs" if convention is not Convention.flops else "FLOPs"
-        typer.echo(f"convention {convention.value}: {body['formula']}")
-        for k, v in body["components"].items():
-            typer.echo(f"  {k:<22} {v / 1e9:12.4f} G{unit}")
-        typer.echo(f"  {'total':<22} {body['total'] / 1e9:12.4f} G{unit}  ({body['ratio']:.1%} of unpruned "
-                   f"{body['unpruned_total'] / 1e9:.4f}); visual tokens into the LLM {body['visual_tokens']['into_llm']}, "
-                   f"layer-averaged {body['visual_tokens']['layer_averaged']:.1f}")
+        if count_with is not Count.fvcore:
+            typer.echo(f"convention {convention.value}: {body['formula']}")
+            for k, v in body["components"].items():
+                typer.echo(f"  {k:<22} {v / 1e9:12.4f} G{unit}")
+            typer.echo(f"  {'total':<22} {body['total'] / 1e9:12.4f} G{unit}  ({body['ratio']:.1%} of unpruned "
+                       f"{body['unpruned_total'] / 1e9:.4f}); visual tokens into the LLM {body['visual_tokens']['into_llm']}, "
+                       f"layer-averaged {body['visual_tokens']['layer_averaged']:.1f}")
+            if source:
+                typer.echo(f"  Stage-3 kept counts: {source}")
+        if "fvcore" in body:
+            fv = body["fvcore"]
+            inp = fv["input"]
+            typer.echo(f"fvcore, one prefill ({inp['image']}, {inp['text_tokens']} text + "
+                       f"{inp['visual_tokens_into_llm']} visual tokens; Stage 3 kept {list(inp['stage3_kept'].values())}), "
+                       f"in GMACs:")
+            typer.echo(f"  {'component':<22} {'analytic':>12} {'fvcore':>12} {'diff':>8} {'fvcore other':>13}")
+            for k, r in fv["components"].items():
+                typer.echo(f"  {k:<22} {r['analytic'] / 1e9:12.4f} {r['fvcore'] / 1e9:12.4f} {r['difference']:8.2%} "
+                           f"{r['fvcore_other'] / 1e9:13.4f}")
+            t = fv["total"]
+            typer.echo(f"  {'total':<22} {t['analytic'] / 1e9:12.4f} {t['fvcore'] / 1e9:12.4f} {t['difference']:8.2%}")
+            typer.echo("  pruning scoring (not in the analytic count): " + ", ".join(
+                f"{k} {v / 1e9:.4f}" for k, v in fv["pruning_scoring"].items()))
+            typer.echo(f"  SDPA: {fv['sdpa']}")
 
     run.emit(body, human, stdout_used=out is not None and str(out) == "-")

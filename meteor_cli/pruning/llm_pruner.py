@@ -197,7 +197,8 @@ class PackedState:
         index = torch.where(new_valid, order, torch.zeros_like(order))
 
         def g(x: torch.Tensor, fill: Any) -> torch.Tensor:
-            return torch.where(new_valid, torch.gather(x, 1, index), torch.full_like(index, fill, dtype=x.dtype))
+            # a 0-d fill tensor, not full_like(…, bool): torch.jit (fvcore's `meteor flops --count`) cannot trace that
+            return torch.where(new_valid, torch.gather(x, 1, index), torch.tensor(fill, dtype=x.dtype, device=x.device))
 
         rope = None if self.rope is None else torch.gather(self.rope, 1, index[..., None].expand(-1, -1, self.rope.shape[-1]))
         return PackedState(new_valid, g(self.visual, False), g(self.query, False), g(self.position_ids, 1),
