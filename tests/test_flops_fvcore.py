@@ -115,7 +115,7 @@ def test_calibrated_schedule_with_allocation_names_its_source(cli, tmp_path):
     assert kept == pytest.approx([10.0, 5.0]) and src.startswith("derived")
     # a calibration measured with this very allocation: used as is
     same = {**cal, "calibration": {**cal["calibration"], "allocation": {"path": "a.json", "sha256": "abc"},
-                                   "visual_tokens": 20, "per_layer_mean": [12.0, 6.0]}}
+                                   "stage2_visual": 20.0, "per_layer_mean": [12.0, 6.0]}}
     assert stage3_counts(same, 20, None, allocation_sha="abc", n_unpruned=96)[1:] == (
         [12.0, 6.0], "calibration (measured with this allocation on 8 samples)")
 

@@ -60,7 +60,7 @@ def stage3_counts(s3: dict[str, Any], n: int, override: list[float] | None, *, a
     A calibrated ``meteor`` schedule's per-layer means are used as measured when the calibration saw
     the same inputs: no ``--allocation`` (``allocation_sha`` None) and none in the calibration, or
     the calibration records this allocation (``calibration.allocation.sha256``). Otherwise they are
-    scaled by ``n / n_cal`` (``n_cal``: ``calibration.visual_tokens`` if recorded, else
+    scaled by ``n / n_cal`` (``n_cal``: ``calibration.stage2_visual`` if recorded, else
     ``n_unpruned``), capped at ``n``, and the source says it is derived.
     """
     layers = list(s3["layers"])
@@ -85,7 +85,7 @@ def stage3_counts(s3: dict[str, Any], n: int, override: list[float] | None, *, a
         if allocation_sha is not None and rec_sha == allocation_sha:
             return layers, list(cal), (f"calibration (measured with this allocation on "
                                        f"{calibration.get('n', '?')} samples)")
-        n_cal = float(calibration.get("visual_tokens") or n_unpruned or n)
+        n_cal = float(calibration.get("stage2_visual") or n_unpruned or n)
         scaled = [min(float(n), v * n / n_cal) for v in cal]
         measured = "with another allocation" if rec else "without an allocation"
         return layers, scaled, (f"derived: the calibration was measured {measured} ({n_cal:g} visual tokens into "

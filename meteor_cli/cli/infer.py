@@ -6,15 +6,16 @@
     cat requests.jsonl | meteor infer --model ckpt/ --questions - | jq -c '{question_id, text}'
 
 Requests are JSON objects, one per line (``--questions -`` reads them from stdin as they arrive; a
-file may also be a JSON list): ``question_id`` (default: the request's number), ``image`` (a path
-relative to ``--image-root``) and ``text`` (as LLaVA's question files) or ``prompt``. ``<image>`` in
+file may also be a JSON list): ``question_id`` (default: the request's 0-based number), ``image``
+(a path relative to ``--image-root``, by the rule of :func:`~meteor_cli.data.llava.image_root_for`) and ``text`` (as LLaVA's question files) or ``prompt``. ``<image>`` in
 a prompt marks where the image goes; without it the image comes first.
 
 Answers are written and flushed one JSON line per request, in input order, as they are produced:
 ``question_id``, ``prompt``, ``text``, ``model_id`` and ``metadata`` with the visual tokens kept
 at each stage per encoder (``stage1``: after each pruning point; ``stage2``; ``stage3``: after each
 LLM pruning layer) and the time spent (``timing``: vision, prefill, decode). A request that cannot
-be answered (not JSON, no image, unreadable or too small image, empty prompt) becomes a line with
+be answered (not JSON, no image, an image path leaving ``--image-root`` without
+``--allow-outside-root``, an unreadable or too small image, an empty prompt) becomes a line with
 an ``error`` field in its place; the others are answered, and the command exits with code 8
 (PARTIAL) instead of 0. With ``--visualize DIR`` each answer also gets a PNG of the kept patches
 (:mod:`meteor_cli.visualize`).
@@ -33,8 +34,8 @@ from typing import IO, Annotated, Any
 
 import typer
 
-from meteor_cli.cli.common import Run, meteor_command, stage1_method_for
-from meteor_cli.errors import ExitCode, InputNotFoundError, UsageError
+from meteor_cli.cli.common import AllowOutsideRoot, Run, meteor_command, stage1_method_for
+from meteor_cli.errors import ExitCode, InputNotFoundError, MeteorError, UsageError
 
 STDIN = "-"
 
@@ -105,9 +106,11 @@ def prepare_request(index: int, rec: dict[str, Any] | str, root: Path, min_side:
     if not isinstance(img, str) or not img.strip():
         req.error = f"request {qid}: no `image` path"
         return req
-    # TODO(#12, helper `data`): one image-path rule with root confinement (--allow-outside-root)
-    # lands in meteor_cli.data.llava.resolve_image; switch to it when it is on main.
-    path = resolve_image(rec, root)
+    try:  # the one image-path rule: relative to the root, confined to it unless allowed
+        path = resolve_image(rec, root, index=index, allow_outside_root=allow_outside_root)
+    except MeteorError as exc:
+        req.error = f"request {qid}: {exc.message}" + (f" ({exc.hint})" if exc.hint else "")
+        return req
     try:
         im = load_image(path)
     except FileNotFoundError:
@@ -184,7 +187,9 @@ def main(
         "--questions", help="Requests as JSONL (`question_id`, `image`, `text` or `prompt`), a file or `-` for stdin, "
                             "read and answered one at a time.")] = None,
     image_root: Annotated[Path | None, typer.Option(
-        "--image-root", help="Image directory for --questions (default: the file's directory; stdin: the current one).")] = None,
+        "--image-root", help="Image directory for --questions (default: the file's directory, or its parent for "
+                             "DIR/eval/questions.jsonl; stdin: the current one).")] = None,
+    allow_outside_root: AllowOutsideRoot = False,
     allocation: Annotated[Path | None, typer.Option("--allocation", help="Stage 1–2 budgets (allocation artifact).")] = None,
     prune_llm: Annotated[Path | None, typer.Option("--prune-llm", help="Stage-3 settings (prune-llm artifact).")] = None,
     stage1_method: Annotated[str | None, typer.Option(
@@ -215,16 +220,19 @@ def main(
     if questions is not None and (image or prompt):
         raise UsageError("give --questions, or --image and --prompt, not both",
                          "put the image and prompt into the request lines instead")
+    from meteor_cli.data.llava import image_root_for
+
+    allow = allow_outside_root
     if questions is not None:
         source: Any = iter_requests(questions)
-        root = image_root or (Path(questions).parent if questions != STDIN else Path.cwd())
+        root = image_root_for(questions, image_root) if questions != STDIN else (image_root or Path.cwd())
     elif image and prompt:
         for p in image:
             if not p.is_file():
                 raise InputNotFoundError(f"--image {p} does not exist")
         source = enumerate(({"question_id": i, "image": str(p.resolve()), "text": prompt} for i, p in enumerate(image)),
                            start=1)
-        root = Path("/")
+        root, allow = Path.cwd(), True  # paths named on the command line are the user's own choice
     else:
         raise UsageError("give --image and --prompt, or --questions FILE|-",
                          "e.g. --image cat.png --prompt 'What is shown?', or --questions requests.jsonl")
@@ -260,7 +268,7 @@ def main(
         for n, (index, rec) in enumerate(source, start=1):
             if limit is not None and n > limit:
                 break
-            pending.append(prepare_request(index, rec, root, min_side))
+            pending.append(prepare_request(index, rec, root, min_side, allow_outside_root=allow))
             if sum(r.error is None for r in pending) >= batch_size:
                 for row in engine.answer(pending):
                     write(sink, row)

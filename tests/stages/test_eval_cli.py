@@ -48,12 +48,13 @@ def test_infer_single_image_and_question_file(cli, tmp_path):
     row = json.loads(res.stdout)
     assert row["question_id"] == 0 and row["metadata"]["visual_tokens"] == 96
     res = cli("infer", "--model", "tiny", "--questions", "sv/eval/questions.jsonl", "--max-new-tokens", "2",
-              "--image-root", "sv", "--out", "answers.jsonl", "--device", "cpu", "-q")
+              "--out", "answers.jsonl", "--device", "cpu", "-q")  # images found by the one rule: sv/eval/.. = sv
     assert res.exit_code == 0, res.output
     lines = (tmp_path / "answers.jsonl").read_text().splitlines()
     assert [json.loads(x)["question_id"] for x in lines] == ["eval-000000", "eval-000001"]
     assert cli("infer", "--model", "tiny", "--device", "cpu").exit_code == ExitCode.USAGE
-    res = cli("infer", "--model", "tiny", "--questions", "sv/eval/questions.jsonl", "--device", "cpu")  # wrong root
+    res = cli("infer", "--model", "tiny", "--questions", "sv/eval/questions.jsonl", "--image-root", "sv/images",
+              "--device", "cpu")  # wrong root
     errors = [json.loads(x) for x in res.stdout.splitlines()]  # one inline error per request, none answered
     assert res.exit_code == ExitCode.PARTIAL and [e["question_id"] for e in errors] == ["eval-000000", "eval-000001"]
     assert all("does not exist" in e["error"] for e in errors)

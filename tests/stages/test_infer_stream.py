@@ -26,6 +26,7 @@ COLOUR = (220, 180, 90)
 def _setup(tmp_path: Path) -> None:
     (tmp_path / "img").mkdir()
     Image.new("RGB", (96, 96), COLOUR).save(tmp_path / "img" / "plain.png")
+    Image.new("RGB", (96, 96), COLOUR).save(tmp_path / "outside.png")
     Image.effect_noise((80, 64), 60).convert("RGB").save(tmp_path / "img" / "noise.png")
     Image.new("RGB", (8, 8), COLOUR).save(tmp_path / "img" / "tiny.png")
     (tmp_path / "img" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
@@ -46,18 +47,20 @@ def test_jsonl_in_order_with_inline_errors_and_limit(cli, tmp_path):
                   {"question_id": "c", "image": "noise.png", "prompt": "<image>\nwhat shape ?"},
                   {"question_id": "d", "image": "tiny.png", "text": "what ?"},
                   {"question_id": "e", "image": "plain.png", "text": "   "},
+                  {"question_id": "out", "image": "../outside.png", "text": "what ?"},
                   {"question_id": "f", "image": "plain.png", "text": "never read (--limit)"})
     res = cli("infer", "--model", "tiny", "--questions", "-", "--image-root", "img", "--allocation", "a.json",
-              "--prune-llm", "p.json", "--max-new-tokens", "2", "--device", "cpu", "--limit", "6", "--batch-size", "2",
+              "--prune-llm", "p.json", "--max-new-tokens", "2", "--device", "cpu", "--limit", "7", "--batch-size", "2",
               input=reqs)
     assert res.exit_code == ExitCode.PARTIAL == 8, res.output
     rows = [json.loads(x) for x in res.stdout.splitlines()]
-    assert [r["question_id"] for r in rows] == ["a", "b", None, "c", "d", "e"]
+    assert [r["question_id"] for r in rows] == ["a", "b", None, "c", "d", "e", "out"]
     ok = {r["question_id"]: r for r in rows if "error" not in r}
     assert set(ok) == {"a", "c"}
     errors = {r["line"]: r["error"] for r in rows if "error" in r}
     assert "cannot read image" in errors[2] and "not valid JSON" in errors[3]
     assert "smaller than one 32-pixel patch" in errors[5] and "empty prompt" in errors[6]
+    assert "'../outside.png'" in errors[7] and "--allow-outside-root" in errors[7]  # confined to --image-root
     meta = ok["a"]["metadata"]
     assert meta["stage1"]["vit"] == {"blocks": [0, 1, 2], "kept": [12, 10, 8], "native": 16}
     assert meta["stage1"]["clip"]["kept"] == [36, 24, 16] and meta["stage1"]["convnext"]["kept"] == [12, 6, 6]
@@ -66,16 +69,18 @@ def test_jsonl_in_order_with_inline_errors_and_limit(cli, tmp_path):
     assert [sum(v[i] for v in meta["stage3"]["per_encoder"].values()) for i in range(2)] == [12, 5]
     t = meta["timing"]
     assert t["prefill_s"] > 0 and t["decode_s"] >= 0 and t["decode_steps"] == 1 and t["batch"] == 2
-    assert "answered 2 request(s), 4 failed" in res.stderr
+    assert "answered 2 request(s), 5 failed" in res.stderr
 
-    # a file, --out FILE (written atomically), every request fine → exit 0
-    (tmp_path / "q.jsonl").write_text(_lines({"question_id": 7, "image": "plain.png", "text": "hi"}))
+    # a file, --out FILE (written atomically), paths outside the root allowed, every request fine → exit 0
+    (tmp_path / "q.jsonl").write_text(_lines({"question_id": 7, "image": "plain.png", "text": "hi"},
+                                             {"question_id": 8, "image": "../outside.png", "text": "hi"}))
     res = cli("infer", "--model", "tiny", "--questions", "q.jsonl", "--image-root", "img", "--max-new-tokens", "1",
-              "--device", "cpu", "--out", "ans.jsonl", "--json", "-q")
+              "--device", "cpu", "--out", "ans.jsonl", "--json", "-q", "--allow-outside-root")
     assert res.exit_code == 0, res.output
-    assert json.loads(res.stdout) | {"seconds": 0} == {"answered": 1, "failed": 0, "out": "ans.jsonl", "seconds": 0}
-    row = json.loads((tmp_path / "ans.jsonl").read_text())
+    assert json.loads(res.stdout) | {"seconds": 0} == {"answered": 2, "failed": 0, "out": "ans.jsonl", "seconds": 0}
+    row, row8 = (json.loads(x) for x in (tmp_path / "ans.jsonl").read_text().splitlines())
     assert row["question_id"] == 7 and row["metadata"]["visual_tokens"] == 96 and row["metadata"]["stage3"]["kept"] == []
+    assert row8["question_id"] == 8 and "error" not in row8
     assert cli("infer", "--model", "tiny", "--questions", "q.jsonl", "--image", "img/plain.png", "--prompt", "x",
                "--device", "cpu").exit_code == ExitCode.USAGE
 
