@@ -121,7 +121,7 @@ def prepare_request(index: int, rec: dict[str, Any] | str, root: Path, min_side:
         return req
     if min(im.size) < min_side:
         req.error = (f"request {qid}: image {path} is {im.size[0]}x{im.size[1]} pixels, smaller than one "
-                     f"{min_side}-pixel patch of the model's encoders")
+                     f"{min_side}-pixel patch of the model's vision encoders")
         return req
     req.image = im
     return req
@@ -168,6 +168,21 @@ class _Timer:
         return {"vision_s": round(first[0] - self.t0, 4), "prefill_s": round(first[1] - first[0], 4),
                 "decode_s": round(self.t1 - first[1], 4), "decode_steps": max(0, len(self.calls) - 1),
                 "total_s": round(self.t1 - self.t0, 4)}
+
+
+def _min_side(vlm: Any) -> int:
+    """Smallest image side worth a request: one patch of the model's largest-patch encoder (1 for a
+    model whose processor resizes everything, e.g. a transformers VLM)."""
+    encoders = getattr(vlm, "encoders", None)
+    if encoders:
+        return max(int(e.cfg.patch) for e in encoders.values())
+    vision = getattr(getattr(getattr(vlm, "hf", None), "config", None), "vision_config", None)
+    return int(getattr(vision, "patch_size", 1) or 1)
+
+
+def _traces(vlm: Any) -> bool:
+    """Whether kept positions can be recorded for ``vlm`` (:func:`meteor_cli.visualize.recorder_for`)."""
+    return callable(getattr(vlm, "kept_recorder", None)) or hasattr(vlm, "encoders")
 
 
 def _png_name(qid: Any, index: int, used: set[str]) -> str:
@@ -244,7 +259,11 @@ def main(
     run.seed_everything()
     vlm = load_model(model, run.device.torch, seed=run.seed)
     stage3 = install_pruning(vlm, alloc, s3, seed=run.seed, stage1_method=method1)
-    min_side = max(int(e.cfg.patch) for e in vlm.encoders.values())
+    min_side = _min_side(vlm)
+    if visualize is not None and not _traces(vlm):
+        raise UsageError(f"--visualize needs a model that reports where its kept tokens came from; a "
+                         f"{type(vlm).__name__} does not (yet)",
+                         "meteor's own models do; a model family adds it with a `kept_recorder()` (meteor_cli.visualize)")
     if visualize is not None:
         visualize.mkdir(parents=True, exist_ok=True)
 
@@ -316,32 +335,39 @@ class _Engine:
                  visualize: Path | None) -> None:
         self.vlm, self.stage3, self.model_id, self.run = vlm, stage3, model_id, run
         self.max_new_tokens, self.temperature, self.visualize = max_new_tokens, temperature, visualize
-        self.size = max(e.cfg.image_size for e in vlm.encoders.values())
-        self.n_layers = vlm.llm.config.num_hidden_layers
+        from meteor_cli.pruning.llm_pruner import text_config
+
+        self.n_layers = int(text_config(vlm.llm).num_hidden_layers)
         self.png_names: set[str] = set()
 
     def answer(self, batch: list[Request]) -> list[dict[str, Any]]:
         import torch
 
-        from meteor_cli.pruning.estimate import image_tensor
+        import contextlib
+
+        from meteor_cli.eval.runner import images_for
         from meteor_cli.pruning.schedule import layer_averaged_tokens
         from meteor_cli.visualize import recorder_for, save_kept, summarize
 
         good = [r for r in batch if r.error is None]
         rows: dict[int, dict[str, Any]] = {}
         if good:
-            imgs = torch.stack([image_tensor(r.image, self.size) for r in good]).to(self.run.device.torch)
+            imgs = images_for(self.vlm, [r.image for r in good])  # a tensor, or what a transformers VLM's processor takes
+            if isinstance(imgs, torch.Tensor):
+                imgs = imgs.to(self.run.device.torch)
+            recorder = recorder_for(self.vlm) if _traces(self.vlm) else contextlib.nullcontext()
             prompts = [r.prompt if "<image>" in r.prompt else "<image>\n" + r.prompt for r in good]
-            with torch.no_grad(), recorder_for(self.vlm) as rec, _Timer(self.vlm.llm, self.run.device.torch) as timer:
+            with torch.no_grad(), recorder as rec, _Timer(self.vlm.llm, self.run.device.torch) as timer:
                 texts, inputs, vis, sess = self.vlm.generate(imgs, prompts, max_new_tokens=self.max_new_tokens,
                                                              temperature=self.temperature, stage3=self.stage3,
                                                              details=True)
             timing = timer.summary()
-            traces = rec.traces(vis, sess)
-            names = list(self.vlm.encoders)
+            traces = rec.traces(vis, sess) if rec is not None else None
+            names = list(getattr(self.vlm, "encoders", None) or vis.per_encoder)
             for b, r in enumerate(good):
                 n_vis = int(inputs.visual_len[b])
-                kept_by_stage = summarize(traces[b], names)
+                kept_by_stage = summarize(traces[b], names) if traces is not None else \
+                    {"stage1": {}, "stage2": {}, "stage3": {"per_encoder": {}}}
                 if sess is not None and sess.kept:
                     layers = sorted(sess.kept)
                     kept = [len(sess.kept[p][b]) for p in layers]

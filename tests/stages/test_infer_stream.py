@@ -160,3 +160,30 @@ def test_stream_is_flushed_per_line(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_a_transformers_vlm_streams_too(cli, tmp_path):
+    """A transformers VLM (LLaVA in miniature) answers the same stream with its Stage-3 counts; it
+    reports no kept positions yet, so --visualize is refused up front."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "model" / "hf_vlm_builders.py"
+    spec = importlib.util.spec_from_file_location("hf_vlm_builders", path)
+    assert spec is not None and spec.loader is not None
+    builders = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(builders)
+    d = builders.build_llava(tmp_path / "llava")
+    _setup(tmp_path)
+    A.write_artifact(tmp_path / "p3.json", A.make_artifact("meteor.prune-llm", {
+        "method": "fixed", "layers": [1, 3], "keep": [3, 2], "heads": 2}))
+    args = ["infer", "--model", str(d), "--questions", "-", "--image-root", "img", "--prune-llm", "p3.json",
+            "--max-new-tokens", "2", "--device", "cpu", "-q"]
+    res = cli(*args, input=_lines({"question_id": "a", "image": "noise.png", "text": "what ?"},
+                                  {"question_id": "b", "image": "broken.png", "text": "what ?"}))
+    assert res.exit_code == ExitCode.PARTIAL, res.output
+    a, b = (json.loads(x) for x in res.stdout.splitlines())
+    assert a["metadata"]["stage3"]["kept"] == [3, 2] and a["metadata"]["visual_tokens"] == 16
+    assert a["metadata"]["stage1"] == {} and a["metadata"]["timing"]["prefill_s"] > 0
+    assert b["question_id"] == "b" and "cannot read image" in b["error"]
+    res = cli(*args, "--visualize", "viz", input=_lines({"question_id": "a", "image": "noise.png", "text": "x"}))
+    assert res.exit_code == ExitCode.USAGE and "kept_recorder" in res.stderr and not (tmp_path / "viz").exists()
