@@ -30,8 +30,8 @@ log = logging.getLogger(__name__)
 #: ``register_*`` function → the ``meteor list`` kind it fills.
 REGISTER_FUNCTIONS = {"register_encoder": "encoders", "register_policy": "policies",
                       "register_benchmark": "benchmarks", "register_preset": "presets",
-                      "register_model_family": "families"}
-_REGISTRY_NAMES = {"ENCODERS", "POLICIES", "BENCHMARKS", "PRESETS", "MODEL_FAMILIES"}
+                      "register_model_family": "families", "register_model_format": "formats"}
+_REGISTRY_NAMES = {"ENCODERS", "POLICIES", "BENCHMARKS", "PRESETS", "MODEL_FAMILIES", "MODEL_FORMATS"}
 
 
 class _Dynamic(Exception):

@@ -19,7 +19,11 @@ from typing import Any
 from meteor_cli.errors import ConfigError, InputNotFoundError
 
 FUSIONS = ("post-projection", "pre-projection")
-TEMPLATES = ("plain", "vicuna_v1", "llama3", "chatml")
+TEMPLATES = ("plain", "vicuna_v1", "llama3", "chatml", "eagle_llama3", "eagle_yi_chatml")
+#: How an image becomes the model's square input: ``stretch`` (bilinear resize to the square, meteor's
+#: default) or ``pad`` (LLaVA/EAGLE ``image_aspect_ratio: pad``: pasted at the centre of a square filled
+#: with the first encoder's mean colour as integers, then a bicubic resize).
+IMAGE_MODES = ("stretch", "pad")
 #: Encoder families that cannot drop tokens inside (convolutions, SAM's windows): Stage 1 prunes
 #: only their final map, so every pruning point is their last block (METHOD A2).
 OUTPUT_PRUNED = ("convnext", "sam")
@@ -53,6 +57,8 @@ class EncoderConfig:
         prune_points: 0-based blocks after which Stage 1 prunes; default round(L·j/3)−1, and for
             the families in :data:`OUTPUT_PRUNED` three times the last block (their final map).
         mean, std: input normalisation.
+        options: settings only one family reads (e.g. the window of EAGLE's ``det`` tower); see
+            that adapter's docstring. None for the built-in families.
     """
 
     name: str
@@ -70,6 +76,7 @@ class EncoderConfig:
     prune_points: list[int] | None = None
     mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    options: dict[str, Any] | None = None
 
     def validate(self, where: str) -> None:
         if self.image_size % self.patch:
@@ -77,7 +84,10 @@ class EncoderConfig:
                               f"use a multiple of {self.patch}")
         if self.depth < 1 or self.width < 1:
             raise ConfigError(f"{where}: depth and width must be positive")
-        output_only = self.family in OUTPUT_PRUNED
+        from meteor_cli.registry import ENCODERS
+
+        output_only = self.family in OUTPUT_PRUNED or (
+            self.family in ENCODERS and bool(getattr(ENCODERS.get(self.family), "output_pruned", False)))
         if self.prune_points is None:
             self.prune_points = [self.depth - 1] * 3 if output_only else default_prune_points(self.depth)
         if any(not 0 <= p < self.depth for p in self.prune_points) or sorted(self.prune_points) != self.prune_points:
@@ -131,6 +141,8 @@ class ModelConfig:
     #: Common grid for pre-projection fusion (EAGLE: 32).
     grid: int = 8
     projector_hidden: int | None = None
+    #: How images are squared before the encoders (:data:`IMAGE_MODES`).
+    image_mode: str = "stretch"
 
     def __post_init__(self) -> None:
         self.encoders = [e if isinstance(e, EncoderConfig) else EncoderConfig(**e) for e in self.encoders]
@@ -153,6 +165,8 @@ class ModelConfig:
             e.validate(f"encoders[{i}]")
         if self.fusion not in FUSIONS:
             raise ConfigError(f"fusion: {self.fusion!r}", f"choose from {', '.join(FUSIONS)}")
+        if self.image_mode not in IMAGE_MODES:
+            raise ConfigError(f"image_mode: {self.image_mode!r}", f"choose from {', '.join(IMAGE_MODES)}")
         if self.template not in TEMPLATES:
             raise ConfigError(f"template: {self.template!r}", f"choose from {', '.join(TEMPLATES)}")
         self.llm.validate()

@@ -244,6 +244,14 @@ BENCHMARKS: Registry[Any] = Registry("benchmark")
 PRESETS: Registry[Any] = Registry("preset")
 #: transformers VLM classes meteor runs, by the ``model_type`` of their ``config.json``.
 MODEL_FAMILIES: Registry[Any] = Registry("model family")
+#: Checkpoint layouts other than meteor's own (``meteor.checkpoint/v1``) that ``--model DIR`` reads.
+#: An entry is an object with ``detect(directory) -> bool``, ``read_config(directory) -> ModelConfig``
+#: (shapes only, no weights read), ``load(directory, device) -> model`` and ``describe(directory) -> dict``
+#: (what ``meteor inspect`` shows, including ``weight_files``: the files it may read); see
+#: :mod:`meteor_cli.model.eagle` for one. Unlike :data:`MODEL_FAMILIES` (transformers VLMs run as they
+#: are), a format's directories become meteor's own ``MultiEncoderVLM``, so every command (flops,
+#: rank-estimate, train …) takes them.
+MODEL_FORMATS: Registry[Any] = Registry("model format")
 
 #: Registries by the plural noun ``meteor list`` takes.
 REGISTRIES: dict[str, Registry[Any]] = {
@@ -252,6 +260,7 @@ REGISTRIES: dict[str, Registry[Any]] = {
     "benchmarks": BENCHMARKS,
     "presets": PRESETS,
     "families": MODEL_FAMILIES,
+    "formats": MODEL_FORMATS,
 }
 
 
@@ -286,6 +295,11 @@ def register_model_family(name: str | None = None, **kw: Any) -> Callable[[T], T
     return MODEL_FAMILIES.register(name, **kw)
 
 
+def register_model_format(name: str | None = None, **kw: Any) -> Callable[[T], T]:
+    """Register a checkpoint layout that ``--model DIR`` recognises (see :data:`MODEL_FORMATS`)."""
+    return MODEL_FORMATS.register(name, **kw)
+
+
 def list_encoders(filter: str = "*") -> list[str]:
     return ENCODERS.list(filter)
 
@@ -312,6 +326,7 @@ BUILTIN_MODULES: list[str] = [
     "meteor_cli.model.encoders",
     "meteor_cli.model.presets",
     "meteor_cli.model.hf_vlm",
+    "meteor_cli.model.eagle",
 ]
 
 _loaded = False

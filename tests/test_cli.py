@@ -147,8 +147,9 @@ def test_list_json_is_machine_readable(cli):
     res = cli("list", "--json")
     assert res.exit_code == 0
     data = json.loads(res.stdout)
-    assert set(data) == {"encoders", "policies", "benchmarks", "presets", "families", "plugins"}
+    assert set(data) == {"encoders", "policies", "benchmarks", "presets", "families", "formats", "plugins"}
     assert {f["name"] for f in data["families"]} >= {"llava", "llava_next", "qwen2_vl"}
+    assert {f["name"] for f in data["formats"]} >= {"eagle"}
 
 
 def test_python_dash_m_and_console_script():

@@ -72,8 +72,11 @@ def _describe_dir(path: Path, verify: bool = False) -> dict[str, Any]:
             from meteor_cli.model.checkpoint import read_config
 
             read_config(path).validate()  # a bad field is reported with its name (exit code 4)
-    from meteor_cli.model.checkpoint import INDEX, TOKENIZER_FILES, WEIGHTS, has_weights, shard_files
+    from meteor_cli.model.checkpoint import INDEX, TOKENIZER_FILES, WEIGHTS, has_weights, model_format_of, shard_files
 
+    fmt = None if is_meteor else model_format_of(path)
+    if fmt is not None:  # a registered foreign layout (e.g. an EAGLE release): its summary, from headers only
+        out["model"] = fmt.describe(path)
     if is_meteor or has_weights(path):
         if not has_weights(path):
             raise InputNotFoundError(f"{path} has neither {WEIGHTS} nor {INDEX}", "the checkpoint is incomplete")
@@ -91,7 +94,8 @@ def _describe_dir(path: Path, verify: bool = False) -> dict[str, Any]:
         out["weights"] = sorted(weights)
     else:
         described = {}
-    others = [f for f in files if f.endswith(".safetensors") and f not in described]
+    # files a foreign format's index does not name (EAGLE's *_old shards) are never its weights: not opened
+    others = [f for f in files if f.endswith(".safetensors") and f not in described and fmt is None]
     described.update({f: _describe_safetensors(path / f, verify) for f in others})
     out["safetensors"] = list(described.values())
     for st in out["safetensors"]:

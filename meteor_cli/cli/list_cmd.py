@@ -1,5 +1,5 @@
 """``meteor list``: what is registered — encoders, pruning policies, benchmarks, presets, and the
-transformers VLM families ``--model DIR`` accepts (``families``).
+transformers VLM families (``families``) and checkpoint formats (``formats``, e.g. EAGLE releases) ``--model DIR`` accepts.
 
 Includes entries added by plugins (entry-point group ``meteor.plugins``).
 
@@ -25,6 +25,7 @@ class What(str, Enum):
     benchmarks = "benchmarks"
     presets = "presets"
     families = "families"
+    formats = "formats"
 
 
 @meteor_command("list")
@@ -33,7 +34,8 @@ def main(
     filter: Annotated[str, typer.Option("--filter", help="fnmatch pattern on names, e.g. 'clip*'.")] = "*",
     run: Run = None,  # type: ignore[assignment]
 ) -> None:
-    """List registered encoders, pruning policies, benchmarks, model presets and transformers VLM families."""
+    """List registered encoders, pruning policies, benchmarks, model presets, transformers VLM families and
+    checkpoint formats."""
     from meteor_cli.catalog import catalog
 
     # Names, descriptions and metadata are read from the registering modules' source, so listing

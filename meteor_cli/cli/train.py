@@ -129,7 +129,7 @@ def _train(run: Run, model: str, data: Path, image_root: Path | None, alloc: Any
     size = max(e.cfg.image_size for e in vlm.encoders.values())
     with run.progress(desc="loading images", unit="img") as bar:
         dataset = load_vlm_data(data, image_root_for(data, image_root), size, max_failed=max_failed, limit=limit,
-                                progress=bar.update, allow_outside_root=allow_outside_root)
+                                progress=bar.update, allow_outside_root=allow_outside_root, to_tensor=vlm.image_tensor)
     if dataset.n_failed:
         run.warn(f"{dataset.n_failed} records skipped: unreadable images (first: {dataset.failed[:3]})")
     torch.manual_seed(run.seed)

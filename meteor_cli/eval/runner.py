@@ -16,7 +16,6 @@ from typing import Any
 import torch
 
 from meteor_cli.data.llava import load_image, resolve_image
-from meteor_cli.pruning.estimate import image_tensor
 
 
 def install_pruning(vlm: Any, allocation: dict[str, Any] | None, prune_llm: dict[str, Any] | None, seed: int = 0,
@@ -61,11 +60,11 @@ def _open(image_root: Path, q: dict[str, Any], allow_outside_root: bool = False)
 
 def images_for(vlm: Any, images: Sequence[Any]) -> Any:
     """PIL images as ``vlm`` takes them: its own ``image_batch`` (transformers VLMs: the processor
-    resizes), else a (B, 3, S, S) tensor at the largest encoder resolution."""
+    resizes), else a (B, 3, S, S) tensor squared as the model's ``image_tensor`` does it (the
+    largest encoder resolution; EAGLE releases pad to a square first)."""
     if hasattr(vlm, "image_batch"):
         return vlm.image_batch(images)
-    size = max(e.cfg.image_size for e in vlm.encoders.values())
-    return torch.stack([image_tensor(im, size) for im in images])
+    return torch.stack([vlm.image_tensor(im) for im in images])
 
 
 @torch.no_grad()

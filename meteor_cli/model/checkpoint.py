@@ -155,17 +155,46 @@ def _drop_tied(vlm: Any, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
 
 
+def model_format_of(directory: str | os.PathLike[str]) -> Any:
+    """The registered checkpoint format (``MODEL_FORMATS``) that recognises ``directory``, or None
+    for meteor's own checkpoints and directories no format claims."""
+    from meteor_cli.registry import MODEL_FORMATS, load_builtins_and_plugins
+
+    p = Path(directory) / "config.json"
+    if not p.is_file():
+        return None
+    try:
+        if json.loads(p.read_text()).get("format") == FORMAT:
+            return None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return None  # read_config names what is wrong with it
+    load_builtins_and_plugins()
+    for entry in MODEL_FORMATS.entries():
+        if entry.obj.detect(Path(directory)):
+            return entry.obj
+    return None
+
+
 def read_config(directory: str | os.PathLike[str]) -> ModelConfig:
-    """The ModelConfig of a checkpoint's ``config.json``; every defect is a named error (exit 3/4)."""
+    """The ModelConfig of a checkpoint's ``config.json`` (meteor's own, or a registered foreign
+    format's: ``meteor list formats``); every defect is a named error (exit 3/4)."""
     from meteor_cli.artifacts import read_json_file
+    from meteor_cli.registry import MODEL_FORMATS, load_builtins_and_plugins
 
     p = Path(directory) / "config.json"
     if not p.is_file():
         raise InputNotFoundError(f"{directory} has no config.json, so it is not a meteor checkpoint",
                                  "pass a directory written by `meteor train`")
+    fmt = model_format_of(directory)
+    if fmt is not None:
+        return fmt.read_config(Path(directory))
     data = read_json_file(p, "config.json", fix="the checkpoint is damaged; re-save it with `meteor train`")
     if data.get("format") != FORMAT:
-        raise InvalidInputError(f"{p}: format {data.get('format')!r}, expected {FORMAT!r}", "pass a meteor checkpoint")
+        load_builtins_and_plugins()
+        raise InvalidInputError(f"{p}: format {data.get('format')!r} (model_type {data.get('model_type')!r}), "
+                                f"expected {FORMAT!r}",
+                                f"pass a meteor checkpoint or one of the registered formats: "
+                                f"{', '.join(MODEL_FORMATS.list()) or 'none'} (`meteor list formats`)")
     if not isinstance(data.get("model"), dict):
         raise InvalidInputError(f"{p}: field 'model' must be an object (the model configuration)",
                                 "the checkpoint is damaged; re-save it with `meteor train`")
@@ -210,6 +239,9 @@ def build_model(cfg: ModelConfig, tokenizer: Any, where: str) -> Any:
 def load_checkpoint(directory: str | os.PathLike[str], device: str | torch.device = "cpu") -> Any:
     """Rebuild the model of ``directory`` and load its weights exactly."""
     d = Path(directory)
+    fmt = model_format_of(d)
+    if fmt is not None:
+        return fmt.load(d, device)
     cfg = read_config(d)
     weights = d / (WEIGHTS if (d / WEIGHTS).is_file() else INDEX)
     if not has_weights(d):
@@ -306,6 +338,6 @@ def load_model(spec: str, device: str | torch.device = "cpu", *, seed: int = 0) 
 
 
 __all__ = ["FORMAT", "TOKENIZER_FILES", "build_model", "checkpoint_dir_of", "has_weights", "load_checkpoint",
-           "read_weights", "require_meteor_model", "shard_files", "write_weights", "load_model", "load_model_config",
-           "read_config", "save_checkpoint", "LLMConfig",
+           "model_format_of", "read_weights", "require_meteor_model", "shard_files", "write_weights", "load_model",
+           "load_model_config", "read_config", "save_checkpoint", "LLMConfig",
            "UsageError"]

@@ -26,12 +26,29 @@ TEMPLATES = {
                "<|end_header_id|>\n\n", "{answer}"),
     "chatml": ("<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n", "{answer}"),
 }
+#: The templates meteor's own word tokenizers cover (their words are in the vocabulary).
+CORE_TEMPLATES = tuple(TEMPLATES)
+TEMPLATES |= {
+    # EAGLE's conversation templates (eagle/conversation.py, MPT separator style), as its released
+    # Plus models are prompted: ``llama3`` (Llama-3 LLMs; the system text opens with the literal
+    # <|begin_of_text|>, so the prompt starts with two BOS ids as EAGLE's does) and
+    # ``yi_34b_chatml_direct`` (Yi-34B).
+    "eagle_llama3": ("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nA chat between a curious user "
+                     "and an artificial intelligence assistant. The assistant gives helpful, detailed, and polite "
+                     "answers to the user's questions.<|eot_id|><|start_header_id|>user<|end_header_id|>\n\n{user}"
+                     "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n", "{answer}"),
+    "eagle_yi_chatml": ("<|im_start|>system\nAnswer the questions.<|im_end|><|im_start|>user\n{user}<|im_end|>"
+                        "<|im_start|>assistant\n", "{answer}"),
+}
 #: How a later turn of a multi-turn conversation opens (after the previous answer and its EOS).
 FOLLOW_UPS = {
     "plain": "{user}\n",
     "vicuna_v1": "USER: {user} ASSISTANT:",
     "llama3": TEMPLATES["llama3"][0],
     "chatml": "\n" + TEMPLATES["chatml"][0],
+    "eagle_llama3": "<|start_header_id|>user<|end_header_id|>\n\n{user}<|eot_id|><|start_header_id|>assistant"
+                    "<|end_header_id|>\n\n",
+    "eagle_yi_chatml": "<|im_start|>user\n{user}<|im_end|><|im_start|>assistant\n",
 }
 
 

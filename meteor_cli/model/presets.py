@@ -49,7 +49,7 @@ def synthvqa_tokenizer():
     """Word tokenizer covering SynthVQA's questions and answers (deterministic)."""
     from meteor_cli.data.synthvqa import SHORT_ANSWER, follow_up_questions, make_item
     from meteor_cli.data.tokenizer import build_word_tokenizer
-    from meteor_cli.model.llm import TEMPLATES
+    from meteor_cli.model.llm import CORE_TEMPLATES, TEMPLATES
 
     texts = []
     for i in range(400):  # every question form and answer word occurs well within 400 items
@@ -58,7 +58,7 @@ def synthvqa_tokenizer():
         texts += [t for qa in follow_up_questions(0, "vocab", i, it, 4) for t in qa]
     texts += ["".join(chr(c) for c in range(ord("a"), ord("z") + 1)), " ".join("0123456789")]
     letters = [" ".join("abcdefghijklmnopqrstuvwxyz0123456789")]
-    return build_word_tokenizer(texts, extra_texts=[t for pair in TEMPLATES.values() for t in pair] + letters)
+    return build_word_tokenizer(texts, extra_texts=[t for name in CORE_TEMPLATES for t in TEMPLATES[name]] + letters)
 
 
 @register_preset("tiny", description="3 encoders (ViT-64, CLIP-128, ConvNeXt-128; 96 visual tokens) + 4-layer Llama-192")

@@ -58,6 +58,17 @@ class MultiEncoderVLM(nn.Module):
 
     # -- vision --------------------------------------------------------------------------------
 
+    @property
+    def image_size(self) -> int:
+        """Side of the square image the model takes (the largest encoder input)."""
+        return max(e.cfg.image_size for e in self.encoders.values())
+
+    def image_tensor(self, image: Any) -> torch.Tensor:
+        """A PIL image → (3, S, S) floats in [0, 1], squared as ``cfg.image_mode`` says (the input of :meth:`encode_images`)."""
+        from meteor_cli.pruning.estimate import image_tensor
+
+        return image_tensor(image, self.image_size, mode=self.cfg.image_mode, fill=self.cfg.encoders[0].mean)
+
     def run_encoder(self, name: str, images: torch.Tensor):
         adapter = self.encoders[name]
         state = adapter.embed(adapter.preprocess(images))
@@ -81,8 +92,7 @@ class MultiEncoderVLM(nn.Module):
         B = images.shape[0]
         if self.cfg.fusion == "pre-projection":
             g = self.cfg.grid
-            maps = [nn.functional.interpolate(self.encoders[n].feature_map(s), size=(g, g), mode="bilinear",
-                                              align_corners=False) for n, s in states.items()]
+            maps = [self.encoders[n].to_grid(self.encoders[n].feature_map(s), g) for n, s in states.items()]
             fused = torch.cat(maps, dim=1).flatten(2).transpose(1, 2)  # (B, g², ΣD)
             z = self.projectors["fused"](fused)
             ids = torch.zeros(g * g, dtype=torch.long, device=z.device)

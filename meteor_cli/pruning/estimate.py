@@ -35,11 +35,26 @@ from meteor_cli.errors import InputNotFoundError, InvalidInputError, UsageError
 from meteor_cli.pruning.rank import RunningStats, feature_rank
 
 
-def image_tensor(im: Any, size: int) -> torch.Tensor:
-    """PIL image → (3, size, size) float tensor in [0, 1] (bilinear resize)."""
+def image_tensor(im: Any, size: int, *, mode: str = "stretch", fill: Sequence[float] = (0.5, 0.5, 0.5)) -> torch.Tensor:
+    """PIL image → (3, size, size) float tensor in [0, 1].
+
+    ``stretch``: bilinear resize to the square. ``pad`` (LLaVA/EAGLE ``image_aspect_ratio: pad``): the
+    image pasted at the centre of a square of colour ``int(fill·255)`` (CLIP's mean: 122, 116, 104),
+    then a bicubic resize of the uint8 image, as ``CLIPImageProcessor`` does it.
+    """
     from PIL import Image
 
-    arr = np.asarray(im.resize((size, size), Image.BILINEAR), dtype=np.float32) / 255.0
+    if mode == "pad":
+        w, h = im.size
+        if w != h:
+            side = max(w, h)
+            square = Image.new(im.mode, (side, side), tuple(int(c * 255) for c in fill))
+            square.paste(im, ((side - w) // 2, (side - h) // 2))
+            im = square
+        arr = np.asarray(im.resize((size, size), Image.BICUBIC) if im.size != (size, size) else im,
+                         dtype=np.float32) / 255.0
+    else:
+        arr = np.asarray(im.resize((size, size), Image.BILINEAR), dtype=np.float32) / 255.0
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
 
 
@@ -61,7 +76,6 @@ def estimate_ranks(
     Unreadable images are skipped and counted; an image path outside ``image_root`` is an error
     unless ``allow_outside_root`` (see :func:`~meteor_cli.data.llava.resolve_image`).
     """
-    size = max(e.cfg.image_size for e in vlm.encoders.values())
     stats = {n: [RunningStats() for _ in e.prune_points] for n, e in vlm.encoders.items()}
     failed: list[str] = []
     n_ok = 0
@@ -87,7 +101,7 @@ def estimate_ranks(
     for i, rec in records:
         path = resolve_image(rec, image_root, index=i, allow_outside_root=allow_outside_root)
         try:
-            batch.append(image_tensor(load_image(path), size))
+            batch.append(vlm.image_tensor(load_image(path)))
         except OSError as exc:
             failed.append(record_id(rec, i))
             warnings.warn(f"skipping record {record_id(rec, i)}: cannot read its image ({exc})", stacklevel=2)

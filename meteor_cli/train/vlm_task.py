@@ -73,7 +73,8 @@ def first_exchange(rec: dict[str, Any], index: int) -> Exchange:
 
 
 def load_vlm_data(data: Path, image_root: Path, size: int, *, max_failed: float = 0.01, limit: int | None = None,
-                  progress: Any = None, allow_outside_root: bool = False) -> VLMData:
+                  progress: Any = None, allow_outside_root: bool = False, to_tensor: Any = None) -> VLMData:
+    """Images (uint8, ``size``² or as ``to_tensor(PIL image)`` squares them, e.g. ``vlm.image_tensor``) and conversations."""
     imgs, prompts, answers, ids, failed, turns = [], [], [], [], [], []
     n_seen = 0
     for i, rec in enumerate(iter_json_records(data)):
@@ -89,7 +90,7 @@ def load_vlm_data(data: Path, image_root: Path, size: int, *, max_failed: float 
             failed.append(record_id(rec, i))
             warnings.warn(f"skipping record {record_id(rec, i)}: {exc}", stacklevel=2)
             continue
-        imgs.append((image_tensor(im, size) * 255).round().to(torch.uint8))
+        imgs.append(((to_tensor(im) if to_tensor is not None else image_tensor(im, size)) * 255).round().to(torch.uint8))
         prompts.append(human if "<image>" in human else "<image>\n" + human)
         answers.append(gpt)
         turns.append([(q.replace("<image>", "").strip(), a) for q, a in later])

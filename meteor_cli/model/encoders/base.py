@@ -116,6 +116,13 @@ class EncoderAdapter(nn.Module):
         out.scatter_(1, state.pos.unsqueeze(-1).expand(-1, -1, D), state.x)
         return out.transpose(1, 2).reshape(B, D, h, w)
 
+    def to_grid(self, fmap: torch.Tensor, grid: int) -> torch.Tensor:
+        """(B, D, h, w) → (B, D, grid, grid) for pre-projection fusion: bilinear, ``align_corners=False``
+        (adapters of a model that resamples otherwise, e.g. EAGLE's towers, override this)."""
+        if fmap.shape[-2:] == (grid, grid):
+            return fmap
+        return nn.functional.interpolate(fmap, size=(grid, grid), mode="bilinear", align_corners=False)
+
     # -- analytic cost (``meteor flops``; classmethods: nothing is built) ------------------------
     #
     # ``macs(cfg, tokens, final)`` = ``embed_macs`` + Σ_b ``block_macs(b, tokens[b] + prefix)`` +
