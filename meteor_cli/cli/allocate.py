@@ -16,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from meteor_cli.cli.common import Run, meteor_command
+from meteor_cli.cli.common import STAGE1_OPTION_HELP, Run, meteor_command, stage1_options_for
 from meteor_cli.errors import UsageError
 
 
@@ -48,9 +48,10 @@ def main(
     totals: Annotated[str | None, typer.Option(
         "--totals", help="Explicit per-point totals, comma-separated (with --schedule explicit), e.g. 4302,2265,1193.")] = None,
     stage1_method: Annotated[str, typer.Option(
-        "--stage1-method", help="Stage-1 policy: meteor, similarity, random, prumerge+ (`meteor list policies`).")] = "meteor",
+        "--stage1-method", help="Stage-1 policy: meteor, similarity, random, prumerge+, visionzip (`meteor list policies`).")] = "meteor",
+    stage1_option: Annotated[list[str] | None, typer.Option("--stage1-option", help=STAGE1_OPTION_HELP)] = None,
     stage2_method: Annotated[str, typer.Option(
-        "--stage2-method", help="Stage-2 policy: meteor (collaborative), separate, random (`meteor list policies`).")] = "meteor",
+        "--stage2-method", help="Stage-2 policy: meteor (collaborative), separate, random, pool (`meteor list policies`).")] = "meteor",
     stage2_score: Annotated[str, typer.Option(
         "--stage2-score", help="Redundancy score of the meteor Stage-2 policy: zscore ([inferred]: the paper's sum "
         "standardised within each encoder; chosen on held-out SynthVQA seeds), sum (the paper's as written), "
@@ -93,6 +94,9 @@ def main(
     resolve_stage2_method(None, stage2_method)  # likewise; pre-projection is refused (a fusion, not a selection)
     check_score_options(stage2_score, stage2_floor)
     body["stage1"]["method"] = stage1_method
+    options1 = stage1_options_for(body, stage1_method, stage1_option)
+    if options1:
+        body["stage1"]["options"] = options1
     body["stage2"].update(method=stage2_method, score=stage2_score, floor=stage2_floor)
     result = make_artifact("meteor.allocation", body, inputs=[ranks])
     write_artifact(out, result)

@@ -37,7 +37,7 @@ import os
 import sys
 import traceback
 import typing
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -175,6 +175,29 @@ def stage1_method_for(allocation: Mapping[str, Any] | None, method: str | None) 
 
     resolve_stage2_method(allocation)
     return resolve_stage1_method(allocation, method)
+
+
+STAGE1_OPTION_HELP = ("Option of the Stage-1 policy, NAME=VALUE (repeatable), e.g. dominant=54 and contextual=10 "
+                      "for visionzip, merge=mean for prumerge+; names come from the policy (`meteor list policies`).")
+
+
+def stage1_options_for(allocation: Mapping[str, Any] | None, method: str | None,
+                       raw: Sequence[str] | None) -> dict[str, Any] | None:
+    """``--stage1-option NAME=VALUE`` values as a dict, checked against the Stage-1 policy ``method``
+    (the one :func:`stage1_method_for` resolved) before any model is loaded; None when none given."""
+    if not raw:
+        return None
+    if allocation is None and method is None:
+        raise UsageError("--stage1-option needs --allocation", "the Stage-1 budgets come from `meteor allocate`")
+    opts: dict[str, Any] = {}
+    for item in raw:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise UsageError(f"--stage1-option {item!r} is not NAME=VALUE", "e.g. --stage1-option dominant=54")
+        opts[name.strip().replace("-", "_")] = value.strip()
+    from meteor_cli.pruning.stage1 import policy_options
+
+    return policy_options(method or "meteor", opts)
 
 
 def _config_callback(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:

@@ -24,7 +24,8 @@ from typing import Annotated, Any
 
 import typer
 
-from meteor_cli.cli.common import AllowOutsideRoot, Run, meteor_command, stage1_method_for
+from meteor_cli.cli.common import (STAGE1_OPTION_HELP, AllowOutsideRoot, Run, meteor_command, stage1_method_for,
+                                   stage1_options_for)
 from meteor_cli.errors import InvalidInputError, UsageError
 
 
@@ -57,6 +58,7 @@ def main(
     prune_llm: Annotated[Path | None, typer.Option("--prune-llm", help="Stage-3 settings (prune-llm artifact).")] = None,
     stage1_method: Annotated[str | None, typer.Option(
         "--stage1-method", help="Stage-1 policy (e.g. prumerge+; `meteor list policies`) instead of the allocation's.")] = None,
+    stage1_option: Annotated[list[str] | None, typer.Option("--stage1-option", help=STAGE1_OPTION_HELP)] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Questions per batch.")] = 1,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="Longest answer.")] = 16,
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="Evaluate only the first N questions.")] = None,
@@ -95,6 +97,7 @@ def main(
     _evaluate(run, model=model, benchmark=benchmark, data=data, image_root=image_root,
               allow_outside_root=allow_outside_root, variant=variant, protocol=protocol or "llava", answers=answers, metric=metric,
               max_missing=max_missing, allocation=allocation, prune_llm=prune_llm, stage1_method=stage1_method,
+              stage1_option=stage1_option,
               batch_size=batch_size, max_new_tokens=max_new_tokens, limit=limit, num_chunks=num_chunks,
               chunk_idx=chunk_idx, out=out, samples_out=samples_out, restart=restart)
 
@@ -106,7 +109,8 @@ def _rank_path(out: Path, k: int, n: int) -> Path:
 
 def _evaluate(run: Run, *, model: str, benchmark: str, data: Path, image_root: Path | None, allow_outside_root: bool,
               variant: str | None, protocol: str, answers: Path | None, metric: str | None, max_missing: int,
-              allocation: Path | None, prune_llm: Path | None, stage1_method: str | None, batch_size: int,
+              allocation: Path | None, prune_llm: Path | None, stage1_method: str | None,
+              stage1_option: list[str] | None, batch_size: int,
               max_new_tokens: int, limit: int | None, num_chunks: int, chunk_idx: int, out: Path,
               samples_out: Path | None, restart: bool) -> None:
     from meteor_cli.artifacts import make_artifact, read_artifact, write_artifact
@@ -133,10 +137,11 @@ def _evaluate(run: Run, *, model: str, benchmark: str, data: Path, image_root: P
         raise UsageError(f"--chunk-idx {chunk_idx} must be below --num-chunks {num_chunks}")
     alloc = read_artifact(allocation, "meteor.allocation", what="--allocation") if allocation else None
     method1 = stage1_method_for(alloc.body if alloc else None, stage1_method)
+    options1 = stage1_options_for(alloc.body if alloc else None, method1, stage1_option)
     s3 = read_artifact(prune_llm, "meteor.prune-llm", what="--prune-llm") if prune_llm else None
     pruned = alloc is not None or s3 is not None or method1 is not None
     settings = [EvalSetting("custom" if pruned else "unpruned", None, alloc.body if alloc else None,
-                            s3.body if s3 else None, method1)]
+                            s3.body if s3 else None, method1, options1)]
 
     loaded = bench.load_items(data, image_root=image_root, variant=variant, allow_outside_root=allow_outside_root,
                               **options)
@@ -193,7 +198,7 @@ def _evaluate(run: Run, *, model: str, benchmark: str, data: Path, image_root: P
                 "samples": (os.path.relpath(samples_out, Path(out).parent) if samples_out is not None
                             and str(samples_out) != "-" and str(out) != "-" else None)}
     body = _body(benchmark, model, results, scored, batch_size, str(run.device),
-                 {"allocation": alloc.body if alloc else None, "stage1_method": method1,
+                 {"allocation": alloc.body if alloc else None, "stage1_method": method1, "stage1_options": options1,
                   "prune_llm": s3.body if s3 else None, "protocol": protocol, "variant": variant,
                   "generation": {"greedy": True, "max_new_tokens": max_new_tokens, "kv_cache": True,
                                  "stage3": "static (pruned once at prefill)"},
@@ -255,7 +260,8 @@ def _merge(run: Run, parts: list[Path], out: Path, samples_out: Path | None, pro
     proto = protocol or ref["settings"]["run"]["protocol"]
     bench = BENCHMARKS.get(identity["benchmark"])()
     bench.check_protocol(proto)
-    settings = [EvalSetting(s["method"], s["budget"], s["allocation"], s["prune_llm"], s["stage1_method"])
+    settings = [EvalSetting(s["method"], s["budget"], s["allocation"], s["prune_llm"], s["stage1_method"],
+                            s.get("stage1_options"))
                 for s in identity["settings"]]
     results, scored = summarize(bench, rows, settings, proto)
     n_planned = sum(b["settings"]["run"]["n_planned"] for b in bodies)

@@ -69,7 +69,7 @@ def stage3_counts(s3: dict[str, Any], n: int, override: list[float] | None, *, a
             raise UsageError(f"--stage3-kept has {len(override)} values for layers {layers}")
         return layers, override, "given (--stage3-kept)"
     method = s3["method"]
-    if method in ("fixed", "all-heads"):
+    if method in ("fixed", "all-heads", "dart"):
         return layers, [min(n, round(v * n) if isinstance(v, float) and v <= 1 else v) for v in s3["keep"]], "schedule"
     if method == "fastv":
         return layers, [max(1, round(n * (1 - s3["r"])))], "schedule"

@@ -34,7 +34,7 @@ from typing import IO, Annotated, Any
 
 import typer
 
-from meteor_cli.cli.common import AllowOutsideRoot, Run, meteor_command, stage1_method_for
+from meteor_cli.cli.common import STAGE1_OPTION_HELP, AllowOutsideRoot, Run, meteor_command, stage1_method_for, stage1_options_for
 from meteor_cli.errors import ExitCode, InputNotFoundError, MeteorError, UsageError
 
 STDIN = "-"
@@ -209,6 +209,7 @@ def main(
     prune_llm: Annotated[Path | None, typer.Option("--prune-llm", help="Stage-3 settings (prune-llm artifact).")] = None,
     stage1_method: Annotated[str | None, typer.Option(
         "--stage1-method", help="Stage-1 policy (e.g. prumerge+; `meteor list policies`) instead of the allocation's.")] = None,
+    stage1_option: Annotated[list[str] | None, typer.Option("--stage1-option", help=STAGE1_OPTION_HELP)] = None,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="Longest answer.")] = 128,
     temperature: Annotated[float, typer.Option("--temperature", min=0.0, help="0 = greedy decoding.")] = 0.0,
     batch_size: Annotated[int, typer.Option(
@@ -255,10 +256,11 @@ def main(
         raise UsageError(f"--visualize {visualize} is a file", "give a directory (created if missing)")
     alloc = read_artifact(allocation, "meteor.allocation", what="--allocation").body if allocation else None
     method1 = stage1_method_for(alloc, stage1_method)
+    options1 = stage1_options_for(alloc, method1, stage1_option)
     s3 = read_artifact(prune_llm, "meteor.prune-llm", what="--prune-llm").body if prune_llm else None
     run.seed_everything()
     vlm = load_model(model, run.device.torch, seed=run.seed)
-    stage3 = install_pruning(vlm, alloc, s3, seed=run.seed, stage1_method=method1)
+    stage3 = install_pruning(vlm, alloc, s3, seed=run.seed, stage1_method=method1, stage1_options=options1)
     min_side = _min_side(vlm)
     if visualize is not None and not _traces(vlm):
         raise UsageError(f"--visualize needs a model that reports where its kept tokens came from; a "

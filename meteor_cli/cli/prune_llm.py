@@ -6,6 +6,7 @@ Validates the settings against the model's LLM (depth, heads) and writes ``prune
     meteor prune-llm --model ckpt/ --layers 4,12,20 --heads 5 --lambda 50 --out prune-llm.json
     meteor prune-llm --model ckpt/ --method fastv --layers 2 --drop-ratio 0.5 --out fastv.json
     meteor prune-llm --model ckpt/ --method fixed --layers 4,12,20 --keep 390,172,78 --out fixed.json
+    meteor prune-llm --model ckpt/ --method dart --layers 2 --keep 0.222 --option pivot_image=4 --out dart.json
     meteor prune-llm --model ckpt/ --calibrate --data dev.json --target-tokens 242 --out prune-llm.json
     # calibrate with Stage 1-2 active, on an eval question file (prompts and images suffice):
     meteor prune-llm --model ckpt/ --calibrate --allocation allocation.json \
@@ -54,6 +55,28 @@ def _ints_or_floats(text: str | None, option: str) -> list[Any] | None:
         return [int(v) if v.strip().isdigit() else float(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise UsageError(f"{option} {text!r} must be comma-separated numbers", f"e.g. {option} 4,12,20") from None
+
+
+def _policy_options(method: str, raw: list[str] | None) -> dict[str, Any]:
+    """``--option NAME=VALUE`` as settings, checked against the fields of the registered policy ``method``."""
+    from dataclasses import fields
+
+    from meteor_cli.pruning.stage1 import _option_value
+    from meteor_cli.registry import POLICIES, load_builtins_and_plugins
+
+    if not raw:
+        return {}
+    load_builtins_and_plugins()
+    names = sorted(f.name for f in fields(POLICIES.get(method, stage=3)))
+    out: dict[str, Any] = {}
+    for item in raw:
+        name, sep, value = item.partition("=")
+        key = name.strip().replace("-", "_")
+        if not sep or key not in names:
+            raise UsageError(f"--option {item!r}: the Stage-3 policy {method!r} has no setting {key!r}" if sep else
+                             f"--option {item!r} is not NAME=VALUE", f"its settings: {', '.join(names)}")
+        out[key] = _option_value(value.strip())
+    return out
 
 
 def llm_dims(spec: str) -> dict[str, Any]:
@@ -115,7 +138,7 @@ def main(
     model: Annotated[str | None, typer.Option(
         "--model", help="Checkpoint directory, preset, config JSON, or a Hugging Face causal-LM directory.")] = None,
     method: Annotated[str, typer.Option(
-        "--method", help="Stage-3 policy: meteor, fixed, all-heads, fastv, pdrop (`meteor list policies`).")] = "meteor",
+        "--method", help="Stage-3 policy: meteor, fixed, all-heads, fastv, pdrop, dart (`meteor list policies`).")] = "meteor",
     layers: Annotated[str | None, typer.Option(
         "--layers", help="0-based LLM layers to prune before, comma-separated (default: round(L·{4,12,20}/32); "
                          "fastv: its layer K; pdrop: round(L·{8,16,24}/32)).")] = None,
@@ -127,9 +150,13 @@ def main(
         "--query", help="Query rows: text (all text after the image), last, last-instruction.")] = Query.text,
     agg: Annotated[Agg, typer.Option("--agg", help="Aggregate attention over the query rows: mean or sum.")] = Agg.mean,
     keep: Annotated[str | None, typer.Option(
-        "--keep", help="fixed/all-heads: counts or ratios per layer (e.g. 390,172,78); pdrop: ratios of N0.")] = None,
+        "--keep", help="fixed/all-heads: counts or ratios per layer (e.g. 390,172,78); pdrop: ratios of N0; "
+                       "dart: one count or ratio at its layer K.")] = None,
     drop_ratio: Annotated[float, typer.Option(
         "--drop-ratio", min=0.0, max=0.99, help="fastv: fraction R of the visual tokens removed at layer K.")] = 0.5,
+    option: Annotated[list[str] | None, typer.Option(
+        "--option", help="NAME=VALUE setting of the policy (repeatable; its fields, e.g. pivot_image=4, pivot_text=4, "
+                         "pivot_by=value for dart).")] = None,
     calibrate: Annotated[bool, typer.Option(
         "--calibrate", help="Fit the scale c on --data so the layer-averaged token count hits --target-tokens.")] = False,
     data: Annotated[Path | None, typer.Option(
@@ -180,6 +207,7 @@ def main(
         settings["ratios"] = keep_list
     elif keep_list is not None:
         settings["keep"] = keep_list
+    settings.update(_policy_options(method, option))
     policy = make_policy(method, **settings)
     policy.validate(dims["num_layers"], dims["num_heads"])
     if allocation is not None and not calibrate:

@@ -20,7 +20,7 @@ from typing import Annotated, Any
 
 import typer
 
-from meteor_cli.cli.common import AllowOutsideRoot, Run, meteor_command, stage1_method_for
+from meteor_cli.cli.common import STAGE1_OPTION_HELP, AllowOutsideRoot, Run, meteor_command, stage1_method_for, stage1_options_for
 from meteor_cli.errors import UsageError
 
 PARTS = ("encoders", "projectors", "llm")
@@ -39,6 +39,7 @@ def main(
         "--allocation", help="Allocation artifact: train with Stage 1–2 pruning active (METEOR's training phase).")] = None,
     stage1_method: Annotated[str | None, typer.Option(
         "--stage1-method", help="Stage-1 policy (e.g. prumerge+; `meteor list policies`) instead of the allocation's.")] = None,
+    stage1_option: Annotated[list[str] | None, typer.Option("--stage1-option", help=STAGE1_OPTION_HELP)] = None,
     epochs: Annotated[float, typer.Option("--epochs", min=0.0, help="Passes over the data.")] = 1.0,
     max_steps: Annotated[int | None, typer.Option("--max-steps", min=1, help="Stop after this many optimizer steps.")] = None,
     lr: Annotated[float, typer.Option("--lr", min=0.0, help="Peak learning rate (AdamW, cosine schedule).")] = 2e-5,
@@ -84,6 +85,7 @@ def main(
         raise UsageError(f"--unknown-words {unknown_words!r}: choose from {', '.join(UNKNOWN_WORDS)}")
     alloc = read_artifact(allocation, "meteor.allocation", what="--allocation") if allocation else None
     method1 = stage1_method_for(alloc.body if alloc else None, stage1_method)
+    options1 = stage1_options_for(alloc.body if alloc else None, method1, stage1_option)
     cfg = TrainConfig(lr=lr, weight_decay=weight_decay, warmup=warmup, epochs=epochs, max_steps=max_steps,
                       batch_size=batch_size, grad_accum=grad_accum, save_every=save_every, keep_checkpoints=keep_last,
                       seed=run.seed,
@@ -122,7 +124,7 @@ def _train(run: Run, model: str, data: Path, image_root: Path | None, alloc: Any
     if alloc is not None:  # the allocation's Stage-1 and Stage-2 policies (or --stage1-method)
         from meteor_cli.eval.runner import install_pruning
 
-        install_pruning(vlm, alloc.body, None, seed=run.seed, stage1_method=method1)
+        install_pruning(vlm, alloc.body, None, seed=run.seed, stage1_method=method1, stage1_options=options1)
     for part in frozen:
         for p in getattr(vlm, part if part != "llm" else "llm").parameters():
             p.requires_grad_(False)

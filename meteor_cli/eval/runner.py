@@ -19,11 +19,12 @@ from meteor_cli.data.llava import load_image, resolve_image
 
 
 def install_pruning(vlm: Any, allocation: dict[str, Any] | None, prune_llm: dict[str, Any] | None, seed: int = 0,
-                    stage1_method: str | None = None) -> Any:
+                    stage1_method: str | None = None, stage1_options: dict[str, Any] | None = None) -> Any:
     """Hook Stages 1-2 from an allocation body into ``vlm``; return an LLMPruner (Stage 3) or None.
 
-    ``stage1_method``: a registered Stage-1 policy overriding the allocation's ``stage1.method``; Stage 2
-    runs the registered policy named by the allocation's ``stage2.method`` (default ``meteor``).
+    ``stage1_method``: a registered Stage-1 policy overriding the allocation's ``stage1.method``
+    (``stage1_options``: its options, over the allocation's ``stage1.options``); Stage 2 runs the
+    registered policy named by the allocation's ``stage2.method`` (default ``meteor``).
     """
     from meteor_cli.pruning.stage1 import build_stage1
     from meteor_cli.pruning.stage2 import build_stage2
@@ -35,8 +36,9 @@ def install_pruning(vlm: Any, allocation: dict[str, Any] | None, prune_llm: dict
         raise UsageError(f"--allocation (Stages 1-2) is for meteor's multi-encoder models, not a {type(vlm).__name__}",
                          "drop --allocation; Stage 3 (--prune-llm) runs on this model")
     if allocation is not None:
-        vlm.stage1 = build_stage1(allocation, vlm.encoders, stage1_method, seed=seed)
-        vlm.stage2 = build_stage2(allocation, seed=seed)  # the registered policy of stage2.method
+        vlm.stage1 = build_stage1(allocation, vlm.encoders, stage1_method, seed=seed, options=stage1_options)
+        grids = [(a.cfg.grid, a.cfg.grid) for a in vlm.encoders.values()]
+        vlm.stage2 = build_stage2(allocation, seed=seed, grids=grids)  # the registered policy of stage2.method
     if prune_llm is None:
         return None
     from meteor_cli.pruning.llm_policies import make_policy
@@ -117,6 +119,7 @@ class EvalSetting:
     allocation: dict[str, Any] | None = None
     prune_llm: dict[str, Any] | None = None
     stage1_method: str | None = None
+    stage1_options: dict[str, Any] | None = None  # ``--stage1-option`` values for the Stage-1 policy
 
     @property
     def label(self) -> str:
@@ -125,7 +128,8 @@ class EvalSetting:
     def identity(self) -> dict[str, Any]:
         """What makes two settings the same run (JSON-ready)."""
         return {"method": self.method, "budget": self.budget, "allocation": self.allocation,
-                "prune_llm": self.prune_llm, "stage1_method": self.stage1_method}
+                "prune_llm": self.prune_llm, "stage1_method": self.stage1_method,
+                **({"stage1_options": self.stage1_options} if self.stage1_options else {})}
 
 
 def _chunks(seq: Sequence[Any], n: int) -> Iterator[Sequence[Any]]:
@@ -156,7 +160,7 @@ def evaluate_items(vlm: Any, items: Sequence[tuple[int, Any]], settings: Sequenc
         if not pending:
             continue
         stage3 = install_pruning(vlm, setting.allocation, setting.prune_llm, seed=seed,
-                                 stage1_method=setting.stage1_method)
+                                 stage1_method=setting.stage1_method, stage1_options=setting.stage1_options)
         for batch in _chunks(pending, batch_size):
             rows: list[dict[str, Any]] = []
             ok: list[tuple[int, Any, Any]] = []

@@ -4,7 +4,8 @@ Pruning stages plug in as hooks; the model does not know which policy runs:
 
 * ``stage1(name, j, state, adapter) -> idx (B, k) | (idx, x (B, k, D)) | None`` at each encoder
   pruning point j: the kept tokens (sorted indices), with their new values when a policy merges;
-* ``stage2(z (B, N, d), encoder_ids (N,), pos (B, N)) -> idx (B, K) | None`` on the fused tokens;
+* ``stage2(z (B, N, d), encoder_ids (N,), pos (B, N)) -> idx (B, K) | (idx, z (B, K, d)) | None`` on the
+  fused tokens: the kept tokens, with new values when a policy pools (``pool``);
 * Stage 3 is an :class:`~meteor_cli.pruning.llm_pruner.LLMPruner` around the LLM's layers,
   opened per batch with the visual spans :meth:`MultiEncoderVLM.prepare` returns.
 
@@ -54,7 +55,7 @@ class MultiEncoderVLM(nn.Module):
         else:
             self.projectors = nn.ModuleDict({"fused": mlp2x_gelu(sum(e.width for e in cfg.encoders), d)})
         self.stage1: Callable[..., torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None] | None = None
-        self.stage2: Callable[..., torch.Tensor | None] | None = None
+        self.stage2: Callable[..., torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None] | None = None
 
     # -- vision --------------------------------------------------------------------------------
 
@@ -105,9 +106,10 @@ class MultiEncoderVLM(nn.Module):
             pos.append(s.pos)
         z, enc_ids, p = torch.cat(zs, 1), torch.cat(ids), torch.cat(pos, 1)
         if self.stage2 is not None:
-            idx = self.stage2(z, enc_ids, p)
-            if idx is not None:
-                z = torch.gather(z, 1, idx.unsqueeze(-1).expand(-1, -1, z.shape[-1]))
+            kept = self.stage2(z, enc_ids, p)
+            if kept is not None:
+                idx, values = kept if isinstance(kept, tuple) else (kept, None)
+                z = values if values is not None else torch.gather(z, 1, idx.unsqueeze(-1).expand(-1, -1, z.shape[-1]))
                 p = torch.gather(p, 1, idx)
                 kept_ids = enc_ids[idx]  # (B, K)
                 per = {n: (kept_ids == i).sum(1).tolist() for i, n in enumerate(states)}

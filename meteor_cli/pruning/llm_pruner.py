@@ -25,6 +25,14 @@ to the retained set (static pruning, decided once at prefill): the wrappers of p
 extend their own key-padding masks, and positions continue from the *unpruned* prompt length
 because HF derives them from layer 0's cache, which is never pruned.
 
+State-based policies
+--------------------
+A policy that scores from hidden states rather than attention (DART) defines
+``score_states(layer, hidden, pos_emb, session)`` — called at its score layer instead of the
+query-attention computation, its result kept as that layer's scores — and
+``select_states(p, scores, hidden, session, decoder)`` — called at the pruning layer with the
+hidden states entering it, returning the kept visual indices per sample.
+
 Replay
 ------
 ``session(..., replay=kept)`` applies recorded kept indices instead of scoring. A no-cache
@@ -429,6 +437,9 @@ class LLMPruner:
             return
         st = sess.state
         assert st is not None
+        if hasattr(self.policy, "score_states"):  # a state-based policy (DART): its own scores, no attention
+            sess._scores[index] = self.policy.score_states(layer, hidden, pos_emb, sess)
+            return
         q_counts = st.query.sum(1)
         Q = max(1, int(q_counts.max()))
         q_idx = torch.zeros(st.query.shape[0], Q, dtype=torch.long, device=hidden.device)
@@ -450,7 +461,10 @@ class LLMPruner:
             kept = [k.to(hidden.device) for k in sess.replay[p]]
         else:
             attn = sess._scores.pop(self.policy.score_layer(p))
-            kept = [self.policy.select(p, a, n, sess, b) for b, (a, n) in enumerate(zip(attn, sess.entering[p]))]
+            if hasattr(self.policy, "select_states"):
+                kept = self.policy.select_states(p, attn, hidden, sess, self.decoder)
+            else:
+                kept = [self.policy.select(p, a, n, sess, b) for b, (a, n) in enumerate(zip(attn, sess.entering[p]))]
             if all(n == 0 for n in sess.entering[p]) and not sess.warned_no_visual:
                 import warnings
 

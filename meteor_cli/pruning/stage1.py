@@ -12,8 +12,13 @@ All scores in float32; ties broken by the lower index; kept indices sorted ascen
 raster order survives and every sample keeps the same count (A12: rectangular batches).
 
 Registered Stage-1 policies: ``meteor`` (above), ``similarity`` (mean-similarity everywhere),
-``random`` (seeded uniform choice), for ablations, and ``prumerge+`` (:class:`PruMergePlus`, the
-PruMerge+ baseline: IQR outliers + spatial samples, pruned tokens merged into kept ones).
+``random`` (seeded uniform choice), for ablations, ``prumerge+`` (:class:`PruMergePlus`, the
+PruMerge+ baseline: IQR outliers + spatial samples, pruned tokens merged into kept ones) and
+``visionzip`` (:mod:`meteor_cli.pruning.visionzip`).
+
+Policy options (``merge=mean``, ``dominant=54``) are the factory's keyword parameters
+(:func:`policy_options`): ``meteor allocate --stage1-option NAME=VALUE`` records them in the
+allocation (``stage1.options``); ``eval``, ``infer`` and ``train`` take the same option.
 
 A Stage-1 policy is registered as a factory ``factory(budgets, *, seed) -> hook`` where
 ``budgets`` maps encoder name → tokens kept per pruning point; :func:`build_stage1` picks one by
@@ -67,13 +72,66 @@ def resolve_stage1_method(allocation: Mapping[str, Any] | None, method: str | No
     return name
 
 
-def build_stage1(allocation: Mapping[str, Any], encoders: Mapping[str, Any], method: str | None = None,
-                 *, seed: int = 0) -> Any:
-    """The Stage-1 hook for ``allocation``'s budgets, from the registered policy :func:`resolve_stage1_method` picks."""
+def _option_value(text: Any) -> Any:
+    """``"54"`` → 54, ``"0.5"`` → 0.5, ``"none"`` → None, anything else unchanged."""
+    if not isinstance(text, str):
+        return text
+    if text.lower() in ("none", "null"):
+        return None
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def policy_options(method: str, options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Options for the Stage-1 policy ``method``, checked against what its registered factory takes.
+
+    The accepted names are the factory's keyword parameters (``budgets`` and ``seed`` aside), so a
+    policy — built-in or from a plugin — declares its options just by its signature. String values
+    (from ``--stage1-option NAME=VALUE``) become int, float or None where they parse as such.
+
+    Raises:
+        UsageError: a name the policy does not take (the message lists the ones it does).
+    """
+    import inspect
+
+    from meteor_cli.errors import UsageError
     from meteor_cli.registry import POLICIES
 
-    factory = POLICIES.get(resolve_stage1_method(allocation, method), stage=1)
-    return factory(allocation_budgets(allocation, encoders), seed=seed)
+    if not options:
+        return {}
+    factory = POLICIES.get(method, stage=1)
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):  # pragma: no cover - builtins without signatures
+        params = []
+    accepted = sorted(p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+                      and p.name not in ("budgets", "seed", "self"))
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise UsageError(f"Stage-1 policy {method!r} takes no option {', '.join(map(repr, unknown))}",
+                         f"its options: {', '.join(accepted) or 'none'}")
+    return {k: _option_value(v) for k, v in options.items()}
+
+
+def build_stage1(allocation: Mapping[str, Any], encoders: Mapping[str, Any], method: str | None = None,
+                 *, seed: int = 0, options: Mapping[str, Any] | None = None) -> Any:
+    """The Stage-1 hook for ``allocation``'s budgets, from the registered policy :func:`resolve_stage1_method` picks.
+
+    Options: the allocation's ``stage1.options`` when the policy run is the allocation's own, then
+    ``options`` (``--stage1-option``) over them, checked by :func:`policy_options`.
+    """
+    from meteor_cli.registry import POLICIES
+
+    name = resolve_stage1_method(allocation, method)
+    s1 = allocation.get("stage1", {})
+    merged = dict(s1.get("options") or {}) if name == (s1.get("method") or s1.get("criterion") or "meteor") else {}
+    merged.update(options or {})
+    factory = POLICIES.get(name, stage=1)
+    return factory(allocation_budgets(allocation, encoders), seed=seed, **policy_options(name, merged))
 
 
 class Stage1:

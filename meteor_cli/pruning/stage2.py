@@ -41,8 +41,10 @@ redundancy with per-encoder quotas), ``random`` (seeded per sample); plugins add
 A Stage-2 policy is registered as a function ``policy(z (B, N, d), encoder_ids (N,), keep, **options)
 -> Stage2Result`` (a bare (B, K) index tensor is accepted too). :class:`Stage2` looks the name up in
 the registry (:func:`resolve_stage2_method`: an unknown name is a :class:`UsageError` listing the
-registered ones) and passes each of its options (``score``, ``floor``, ``seed``, ``max_bytes``) only to a
-policy whose signature takes it. ``pre-projection`` is registered for discovery but is a fusion
+registered ones) and passes each of its options (``score``, ``floor``, ``seed``, ``max_bytes``, ``grids``
+— each encoder's native (h, w) — and the tokens' grid positions ``pos``) only to a policy whose
+signature takes it. A result with ``values`` replaces the kept tokens' values (``pool``).
+``pre-projection`` is registered for discovery but is a fusion
 architecture, not a token selection (meta ``fusion=True``), so it cannot run as a Stage-2 policy.
 """
 
@@ -64,6 +66,8 @@ class Stage2Result:
     indices: torch.Tensor  # (B, K) ascending
     scores: torch.Tensor | None  # (B, N) redundancy (lower = kept), None for random
     per_encoder: torch.Tensor  # (B, C) tokens kept per encoder
+    #: (B, K, d) new token values for policies that merge or pool (``pool``); None = select ``indices``.
+    values: torch.Tensor | None = None
 
 
 def _lowest(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -241,20 +245,26 @@ class Stage2:
     """
 
     def __init__(self, keep: int, method: str = "meteor", *, score: str = "sum", floor: float = 0.0, seed: int = 0,
-                 max_bytes: int = 256 << 20) -> None:
+                 max_bytes: int = 256 << 20, grids: list[tuple[int, int]] | None = None) -> None:
         from meteor_cli.registry import POLICIES
 
         check_score_options(score, floor)
         self.keep, self.score, self.floor, self.seed, self.max_bytes = keep, score, floor, seed, max_bytes
         self.method = resolve_stage2_method(None, method)
         self.policy: Callable[..., Any] = POLICIES.get(self.method, stage=2)
-        self.options = _options_for(self.policy, {"score": score, "floor": floor, "seed": seed, "max_bytes": max_bytes})
+        opts: dict[str, Any] = {"score": score, "floor": floor, "seed": seed, "max_bytes": max_bytes}
+        if grids is not None:
+            opts["grids"] = grids
+        self.options = _options_for(self.policy, opts)
+        self.takes_pos = "pos" in _options_for(self.policy, {"pos": None})
         self.last: Stage2Result | None = None
 
-    def __call__(self, z: torch.Tensor, encoder_ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor | None:
+    def __call__(self, z: torch.Tensor, encoder_ids: torch.Tensor,
+                 pos: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None:
         if self.keep >= z.shape[1]:
             return None
-        res = self.policy(z, encoder_ids, self.keep, **self.options)
+        extra = {"pos": pos} if self.takes_pos else {}
+        res = self.policy(z, encoder_ids, self.keep, **self.options, **extra)
         if isinstance(res, torch.Tensor):  # a policy that returns only the kept indices
             res = Stage2Result(res, None, _counts(res, encoder_ids, int(encoder_ids.max()) + 1))
         idx = res.indices
@@ -262,7 +272,7 @@ class Stage2:
             raise ValueError(f"Stage-2 policy {self.method!r} returned indices of shape {tuple(idx.shape)}; "
                              f"expected ({z.shape[0]}, k)")
         self.last = res
-        return idx
+        return idx if res.values is None else (idx, res.values)
 
 
 def check_score_options(score: str, floor: float) -> None:
@@ -275,13 +285,15 @@ def check_score_options(score: str, floor: float) -> None:
                          "pass --stage2-floor between 0 and 1 to `meteor allocate`")
 
 
-def build_stage2(allocation: Mapping[str, Any], method: str | None = None, *, seed: int = 0) -> Stage2:
+def build_stage2(allocation: Mapping[str, Any], method: str | None = None, *, seed: int = 0,
+                 grids: list[tuple[int, int]] | None = None) -> Stage2:
     """The Stage-2 hook for ``allocation``'s ``stage2`` (keep, score, floor), running the policy
     :func:`resolve_stage2_method` picks. Allocations written before ``score``/``floor`` existed
-    get the paper's ``sum`` and no floor."""
+    get the paper's ``sum`` and no floor. ``grids``: each encoder's native (h, w), for policies that
+    rebuild the maps (``pool``)."""
     s2 = allocation["stage2"]
     return Stage2(int(s2["keep"]), resolve_stage2_method(allocation, method), score=s2.get("score", "sum"),
-                  floor=s2.get("floor", 0.0), seed=seed)
+                  floor=s2.get("floor", 0.0), seed=seed, grids=grids)
 
 
 register_policy("meteor", stage=2, description="collaborative: lowest similarity to the OTHER encoders' tokens "
