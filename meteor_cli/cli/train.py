@@ -95,7 +95,7 @@ def main(
     # Lock --out now, before the slow part, so a second run into it fails at once (rank 0 holds it).
     with DirectoryLock(out, command="meteor train", enabled=dist_info.is_main, warn=run.warn):
         _train(run, model, data, image_root, alloc, method1, cfg, dist_info, frozen, max_failed, limit, resume, force,
-               unknown_words, out, allow_outside_root)
+               unknown_words, out, allow_outside_root, options1)
 
 
 UNKNOWN_WORDS = ("extend", "refuse", "ignore")
@@ -103,7 +103,7 @@ UNKNOWN_WORDS = ("extend", "refuse", "ignore")
 
 def _train(run: Run, model: str, data: Path, image_root: Path | None, alloc: Any, method1: str | None, cfg: Any,
            dist_info: Any, frozen: list[str], max_failed: float, limit: int | None, resume: bool, force: bool,
-           unknown_words: str, out: Path, allow_outside_root: bool) -> None:
+           unknown_words: str, out: Path, allow_outside_root: bool, options1: dict[str, Any] | None = None) -> None:
     import torch
 
     from meteor_cli.data.llava import image_root_for

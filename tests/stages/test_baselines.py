@@ -201,3 +201,20 @@ def test_cli_options_reach_the_baselines(cli, tmp_path):
     assert res.exit_code == 0, res.output
     rows = [json.loads(line) for line in next(tmp_path.glob("*samples.jsonl")).read_text().splitlines()]
     assert all(r["stage3"]["kept"] == [12] for r in rows)
+
+
+def test_train_with_visionzip_options(cli, tmp_path, monkeypatch):
+    """``train --stage1-option`` reaches the policy installed in the training loop."""
+    from meteor_cli.data.synthvqa import generate
+    from meteor_cli.pruning import visionzip as VZ
+
+    seen = []
+    real = VZ.visionzip_select
+    monkeypatch.setattr(VZ, "visionzip_select", lambda x, a, d, c: seen.append((d, c)) or real(x, a, d, c))
+    generate(tmp_path / "sv", n_train=4, n_eval=0, seed=0)
+    A.write_artifact(tmp_path / "plain.json", A.make_artifact("meteor.allocation", ALLOC))
+    res = cli("train", "--model", "tiny", "--data", "sv/train.json", "--allocation", "plain.json", "--stage1-method",
+              "visionzip", "--stage1-option", "dominant=3", "--stage1-option", "contextual=1", "--batch-size", "2",
+              "--max-steps", "1", "--lr", "1e-3", "--out", "m", "--device", "cpu", "-q", "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["steps"] == 1 and seen and set(seen) == {(3, 1)}
