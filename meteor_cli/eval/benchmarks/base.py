@@ -84,10 +84,99 @@ class Loaded:
     prompt: dict[str, Any] = field(default_factory=dict)
 
 
+class Source:
+    """A benchmark's data directory in one layout, as its reader sees it.
+
+    It finds the files (an absent one is a layout error naming it and showing the expected trees),
+    reads them with errors that name file and line, resolves and confines image paths, remembers
+    every file read (for ``metrics.json``) and builds the :class:`Loaded` result. Benchmarks get one
+    from :meth:`Benchmark.load_items` and only describe their files and parse their records.
+    """
+
+    def __init__(self, bench: Benchmark, data: Path, layout: str, root: Path, image_roots: Sequence[Path] = (),
+                 allow_outside_root: bool = False) -> None:
+        self.bench, self.data, self.layout, self.root = bench, data, layout, root
+        self.image_roots = list(image_roots)
+        self.allow_outside_root = allow_outside_root
+        self.files: list[str] = []
+
+    @property
+    def hint(self) -> str:
+        """What the layout should look like (the hint of every read error)."""
+        return f"expected:\n{self.bench.layouts.get(self.layout, '')}"
+
+    def path(self, relative: str, what: str) -> Path:
+        """``root / relative``, which must exist; else a layout error naming it (and ``what`` it is)."""
+        p = self.root / relative
+        if not p.exists():
+            raise self.bench.layout_error(self.data, f"{relative} ({what})" if what else relative)
+        return p
+
+    def first(self, candidates: Sequence[str], what: str = "") -> Path:
+        """The first of ``candidates`` (relative to the root) that is a file; else a layout error naming the first."""
+        found = question_file(self.root, candidates)
+        if found is None:
+            raise self.bench.layout_error(self.data, f"{candidates[0]} ({what})" if what else candidates[0])
+        return found
+
+    def _read(self, relative: str | Path, what: str) -> Path:
+        p = relative if isinstance(relative, Path) else self.path(relative, what)
+        self.files.append(str(p))
+        return p
+
+    def json(self, relative: str | Path, what: str) -> Any:
+        """A JSON file (relative to the root, or a path found with :meth:`first`)."""
+        return read_json(self._read(relative, what), what, self.hint)
+
+    def jsonl(self, relative: str | Path, what: str, required: Sequence[str] = ()) -> list[dict[str, Any]]:
+        """JSONL records (or a JSON list) each with the ``required`` fields."""
+        return read_json_lines(self._read(relative, what), what, self.hint, required)
+
+    def tsv(self, relative: str | Path, what: str, required: Sequence[str]) -> list[dict[str, str]]:
+        """A TSV with a header naming at least the ``required`` columns."""
+        return read_tsv(self._read(relative, what), what, self.hint, required)
+
+    def parquet(self, pattern: str, required: Sequence[str], optional: Sequence[str] = (),
+                image_column: str | None = "image", what: str = "") -> list[dict[str, Any]]:
+        """Rows of the parquet files matching ``pattern`` under the data set root (see :func:`read_parquet`)."""
+        files = parquet_files(self.root, pattern)
+        if not files:
+            raise self.bench.layout_error(self.root, f"parquet file matching {pattern!r}" + (f" ({what})" if what else ""))
+        self.files.extend(str(f) for f in files)
+        return read_parquet(files, required, optional, image_column)
+
+    def image(self, relative: str, *extra: str) -> dict[str, Any]:
+        """``Item`` fields of a llava-layout image: the first existing of ``relative`` (then ``extra``)
+        over the image roots, and its name for the sample rows."""
+        path = resolve_image(relative, self.image_roots, allow_outside_root=self.allow_outside_root)
+        for alt in extra:
+            if path.exists():
+                break
+            path = resolve_image(alt, self.image_roots, allow_outside_root=self.allow_outside_root)
+        return {"image": path, "image_name": relative}
+
+    @staticmethod
+    def row_image(row: Mapping[str, Any]) -> dict[str, Any]:
+        """``Item`` fields of a parquet row's embedded image (lazy) and its ``parquet:FILE#ROW`` name."""
+        return {"image": row["_image"], "image_name": row["_source"]}
+
+    def loaded(self, items: list[Item], missing: Sequence[Any] = (), **prompt: Any) -> Loaded:
+        """The result: items, this layout, the files read, the ids without ground truth, prompt settings."""
+        return Loaded(items, self.layout, list(dict.fromkeys(self.files)), list(missing), dict(prompt))
+
+
+def suffix_of(texts: Iterable[str], suffix: str) -> str | None:
+    """``suffix`` when every prompt ends with it (what the question file poses), else ``None``."""
+    return suffix if all(str(t).endswith(suffix) for t in texts) else None
+
+
 class Benchmark:
     """Base class of the registered benchmarks (one module each in ``meteor_cli.eval.benchmarks``).
 
-    Subclasses set the class attributes and implement :meth:`load_items` and :meth:`score_rows`.
+    A benchmark describes its layouts (class attributes) and implements :meth:`read_llava` and
+    :meth:`read_lmms` (records → items) and :meth:`score_rows`. :meth:`load_items` does the rest:
+    the variant check, which layout ``--data`` is in, where the parquet data set is in a cache,
+    the image roots. A benchmark with a reader of its own overrides :meth:`load_items` instead.
     """
 
     name: ClassVar[str] = ""
@@ -100,14 +189,36 @@ class Benchmark:
     #: Subfolder of ``--data`` holding the images of the llava layout (when ``--image-root`` is not given).
     image_dir: ClassVar[str | None] = None
 
+    #: lmms-eval data-set names (``"POPE"`` for ``lmms-lab/POPE``), looked up in a HF cache under ``--data``.
+    lmms_names: ClassVar[tuple[str, ...]] = ()
+
     def load_items(self, data: Path, *, image_root: Path | None = None, variant: str | None = None,
                    allow_outside_root: bool = False, **options: Any) -> Loaded:
         """The benchmark's questions under ``data`` (either layout), with their ground truth.
 
-        Image paths resolve against ``image_root`` (default: the layout's image folder), then the
-        question file's directory; a path leaving its root is refused unless ``allow_outside_root``.
+        Image paths resolve against ``image_root`` (default: the layout's image folder), then
+        ``data``; a path leaving its root is refused unless ``allow_outside_root``.
         ``options`` are benchmark-specific (``answers``/``metric`` of the ``llava`` benchmark).
+        The variant, when the benchmark has variants, is recorded in ``Loaded.prompt``.
         """
+        variant = self.check_variant(variant)
+        data = Path(data)
+        root = find_parquet_dir(data, self.lmms_names)
+        if root is not None and "lmms" in self.layouts:
+            loaded = self.read_lmms(Source(self, data, "lmms", root), variant)
+        else:
+            src = Source(self, data, "llava", data, [self.image_base(data, image_root), data], allow_outside_root)
+            loaded = self.read_llava(src, variant)
+        if self.variants:
+            loaded.prompt.setdefault("variant", variant)
+        return loaded
+
+    def read_llava(self, src: Source, variant: str | None) -> Loaded:
+        """Items of the LLaVA-1.5 playground / official-release layout (``src.root`` is ``--data``)."""
+        raise NotImplementedError
+
+    def read_lmms(self, src: Source, variant: str | None) -> Loaded:
+        """Items of the lmms-eval parquet layout (``src.root`` is the data set's directory)."""
         raise NotImplementedError
 
     def score_rows(self, rows: Sequence[Mapping[str, Any]], *, protocol: str) -> dict[str, Any]:
@@ -145,10 +256,6 @@ class Benchmark:
         if self.image_dir and (data / self.image_dir).is_dir():
             return data / self.image_dir
         return data
-
-    def is_lmms(self, data: Path) -> bool:
-        """Whether ``data`` holds parquet files (lmms-eval's Hugging Face layout)."""
-        return find_parquet_dir(data, ()) is not None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -466,18 +573,6 @@ def read_parquet(files: Sequence[Path], required: Sequence[str], optional: Seque
     return rows
 
 
-def lmms_rows(bench: Benchmark, data: Path, names: Sequence[str], pattern: str, required: Sequence[str],
-              optional: Sequence[str] = ()) -> tuple[list[dict[str, Any]], list[str]]:
-    """Rows of an lmms-eval data set under ``data`` (files matching ``pattern``), and the files read."""
-    root = find_parquet_dir(data, names)
-    if root is None:
-        raise bench.layout_error(data, f"parquet files of {' or '.join(f'{o}/{names[0]}' for o in LMMS_ORGS)}")
-    files = parquet_files(root, pattern)
-    if not files:
-        raise bench.layout_error(root, f"parquet file matching {pattern!r}")
-    return read_parquet(files, required, optional), [str(f) for f in files]
-
-
 def option_lines(options: Iterable[tuple[str, Any]]) -> str:
     """``"\\nA. cat\\nB. dog"`` for ``[("A", "cat"), ("B", "dog")]`` (empty options left out)."""
     return "".join(f"\n{k}. {v}" for k, v in options if v is not None and str(v) != "" and v == v)
@@ -492,6 +587,6 @@ def question_file(data: Path, candidates: Sequence[str]) -> Path | None:
 
 
 __all__ = ["LMMS_ORGS", "Benchmark", "ImageRef", "Item", "Loaded", "ParquetImages", "base64_image", "category_table",
-           "columns", "confined", "find_parquet_dir", "image_bytes", "lmms_rows", "meta_column", "open_image",
+           "columns", "confined", "find_parquet_dir", "image_bytes", "meta_column", "open_image",
            "option_lines", "parquet_files", "question_file", "read_json", "read_json_lines", "read_parquet",
-           "read_tsv", "report", "resolve_image"]
+           "read_tsv", "report", "resolve_image", "Source", "suffix_of"]

@@ -12,7 +12,6 @@ a single word or phrase." (lmms layout).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from meteor_cli.errors import InvalidInputError
@@ -20,14 +19,10 @@ from meteor_cli.eval.benchmarks.base import (
     Benchmark,
     Item,
     Loaded,
+    Source,
     category_table,
-    find_parquet_dir,
-    parquet_files,
-    read_json,
-    read_json_lines,
-    read_parquet,
     report,
-    resolve_image,
+    suffix_of,
 )
 from meteor_cli.eval.metrics import SHORT_ANSWER, gqa_accuracy
 from meteor_cli.registry import register_benchmark
@@ -59,61 +54,40 @@ class GQA(Benchmark):
     name = "gqa"
     layouts = {"llava": LAYOUT_LLAVA, "lmms": LAYOUT_LMMS}
     image_dir = "data/images"
+    lmms_names = ("GQA",)
 
-    def load_items(self, data: Path, *, image_root: Path | None = None, variant: str | None = None,
-                   allow_outside_root: bool = False, **options: Any) -> Loaded:
-        self.check_variant(variant)
-        data = Path(data)
-        if self.is_lmms(data):
-            return self._load_lmms(data)
-        qfile = data / "llava_gqa_testdev_balanced.jsonl"
-        if not qfile.is_file():
-            raise self.layout_error(data, qfile.name)
-        hint = f"expected:\n{LAYOUT_LLAVA}"
-        questions = read_json_lines(qfile, "GQA question file", hint, ("question_id", "image", "text"))
-        afile = data / "data" / "testdev_balanced_questions.json"
-        if not afile.is_file():
-            raise self.layout_error(data, "data/testdev_balanced_questions.json (the annotation file)")
-        ann = read_json(afile, "GQA annotation file", hint)
+    def read_llava(self, src: Source, variant: str | None) -> Loaded:
+        questions = src.jsonl("llava_gqa_testdev_balanced.jsonl", "GQA question file", ("question_id", "image", "text"))
+        ann = src.json("data/testdev_balanced_questions.json", "the annotation file")
         if not isinstance(ann, Mapping):
-            raise InvalidInputError(f"{afile}: not a JSON object keyed by question id", hint)
-        roots = [self.image_base(data, image_root), qfile.parent]
+            raise InvalidInputError(f"{src.files[-1]}: not a JSON object keyed by question id", src.hint)
         items, missing = [], []
         for q in questions:
             a = ann.get(str(q["question_id"]))
             if not isinstance(a, Mapping) or "answer" not in a:
                 missing.append(q["question_id"])
                 continue
-            items.append(Item(q["question_id"], str(q["text"]),
-                              resolve_image(str(q["image"]), roots, allow_outside_root=allow_outside_root),
-                              str(a["answer"]), category=_structural(a.get("types")),
-                              subcategory=(a.get("types") or {}).get("semantic") if isinstance(a.get("types"), Mapping)
-                              else None, image_name=str(q["image"])))
-        return Loaded(items, "llava", [str(qfile), str(afile)], missing,
-                      {"suffix": SHORT_ANSWER if all(str(q["text"]).endswith(SHORT_ANSWER) for q in questions)
-                       else None, "source": "question file text as is"})
+            types = a.get("types") if isinstance(a.get("types"), Mapping) else {}
+            items.append(Item(q["question_id"], str(q["text"]), answer=str(a["answer"]),
+                              category=_structural(types), subcategory=types.get("semantic"),
+                              **src.image(str(q["image"]))))
+        return src.loaded(items, missing, suffix=suffix_of((q["text"] for q in questions), SHORT_ANSWER),
+                          source="question file text as is")
 
-    def _load_lmms(self, data: Path) -> Loaded:
-        root = find_parquet_dir(data, ["GQA"])
-        assert root is not None
-        qfiles = parquet_files(root, "testdev_balanced_instructions/*")
-        ifiles = parquet_files(root, "testdev_balanced_images/*")
-        if not qfiles:
-            raise self.layout_error(root, "testdev_balanced_instructions/*.parquet")
-        if not ifiles:
-            raise self.layout_error(root, "testdev_balanced_images/*.parquet (GQA keeps images in their own config)")
-        rows = read_parquet(qfiles, ["id", "imageId", "question", "answer"], ["types"], image_column=None)
-        images = {str(r["id"]): r for r in read_parquet(ifiles, ["id"])}
+    def read_lmms(self, src: Source, variant: str | None) -> Loaded:
+        rows = src.parquet("testdev_balanced_instructions/*", ["id", "imageId", "question", "answer"], ["types"],
+                           image_column=None)
+        images = {str(r["id"]): r for r in src.parquet("testdev_balanced_images/*", ["id"],
+                                                         what="GQA keeps images in their own config")}
         items, missing = [], []
         for r in rows:
             img = images.get(str(r["imageId"]))
             if img is None:
                 missing.append(r["id"])
                 continue
-            items.append(Item(r["id"], str(r["question"]) + SHORT_ANSWER, img["_image"], str(r["answer"]),
-                              category=_structural(r.get("types")), image_name=img["_source"]))
-        return Loaded(items, "lmms", [str(f) for f in (*qfiles, *ifiles)], missing,
-                      {"suffix": SHORT_ANSWER, "source": "question + suffix"})
+            items.append(Item(r["id"], str(r["question"]) + SHORT_ANSWER, answer=str(r["answer"]),
+                              category=_structural(r.get("types")), **src.row_image(img)))
+        return src.loaded(items, missing, suffix=SHORT_ANSWER, source="question + suffix")
 
     def score_rows(self, rows: Sequence[Mapping[str, Any]], *, protocol: str) -> dict[str, Any]:
         self.check_protocol(protocol)

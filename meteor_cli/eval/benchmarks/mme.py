@@ -26,10 +26,8 @@ from meteor_cli.eval.benchmarks.base import (
     Benchmark,
     Item,
     Loaded,
-    lmms_rows,
-    read_json_lines,
+    Source,
     report,
-    resolve_image,
 )
 from meteor_cli.eval.metrics import MME_COGNITION, MME_PERCEPTION, SHORT_ANSWER, MetricResult, mme_scores
 from meteor_cli.registry import register_benchmark
@@ -62,28 +60,19 @@ class MME(Benchmark):
     name = "mme"
     layouts = {"llava": LAYOUT_LLAVA, "lmms": LAYOUT_LMMS}
     image_dir = RELEASE
+    lmms_names = ("MME",)
 
-    def load_items(self, data: Path, *, image_root: Path | None = None, variant: str | None = None,
-                   allow_outside_root: bool = False, **options: Any) -> Loaded:
-        self.check_variant(variant)
-        data = Path(data)
-        if self.is_lmms(data):
-            rows, files = lmms_rows(self, data, ["MME"], "*test*", ["question_id", "question", "answer", "category"])
-            items = [Item(f"{r['question_id']}#{i}", str(r["question"]) + SHORT_ANSWER, r["_image"],
-                          str(r["answer"]), category=str(r["category"]),
-                          group=f"{r['category']}/{r['question_id']}", image_name=r["_source"],
-                          meta={"image_id": str(r["question_id"])}) for i, r in enumerate(rows)]
-            return Loaded(items, "lmms", files, prompt={"suffix": SHORT_ANSWER, "source": "question + suffix"})
-        qfile = data / "llava_mme.jsonl"
-        if not qfile.is_file():
-            raise self.layout_error(data, qfile.name)
-        release = data / RELEASE
-        if not release.is_dir():
-            raise self.layout_error(data, f"{RELEASE}/ (the official release with the answer files)")
-        hint = f"expected:\n{LAYOUT_LLAVA}"
-        questions = read_json_lines(qfile, "MME question file", hint, ("question_id", "image", "text"))
-        gt_cache: dict[tuple[str, str], dict[str, str]] = {}
-        files = [str(qfile)]
+    def read_lmms(self, src: Source, variant: str | None) -> Loaded:
+        rows = src.parquet("*test*", ["question_id", "question", "answer", "category"])
+        items = [Item(f"{r['question_id']}#{i}", str(r["question"]) + SHORT_ANSWER, answer=str(r["answer"]),
+                      category=str(r["category"]), group=f"{r['category']}/{r['question_id']}",
+                      meta={"image_id": str(r["question_id"])}, **src.row_image(r)) for i, r in enumerate(rows)]
+        return src.loaded(items, suffix=SHORT_ANSWER, source="question + suffix")
+
+    def read_llava(self, src: Source, variant: str | None) -> Loaded:
+        questions = src.jsonl("llava_mme.jsonl", "MME question file", ("question_id", "image", "text"))
+        release = src.path(RELEASE, "the official release with the answer files")
+        gt_cache: dict[tuple[str, str], dict[str, str] | None] = {}
 
         def gt_of(subtask: str, stem: str) -> dict[str, str] | None:
             if (subtask, stem) not in gt_cache:
@@ -96,12 +85,11 @@ class MME(Benchmark):
                             if "\t" in line:
                                 q, a = line.rsplit("\t", 1)
                                 found[q.strip()] = a.strip()
-                        files.append(str(cand))
+                        src.files.append(str(cand))
                         break
-                gt_cache[(subtask, stem)] = found  # type: ignore[assignment]
+                gt_cache[(subtask, stem)] = found
             return gt_cache[(subtask, stem)]
 
-        roots = [self.image_base(data, image_root), qfile.parent]
         items, missing = [], []
         for q in questions:
             qid = str(q["question_id"])
@@ -112,14 +100,11 @@ class MME(Benchmark):
             if not gt or question not in gt:
                 missing.append(q["question_id"])
                 continue
-            image = resolve_image(str(q["image"]), roots, allow_outside_root=allow_outside_root)
-            if not image.exists():
-                image = resolve_image(f"{subtask}/images/{name}", roots, allow_outside_root=allow_outside_root)
-            items.append(Item(f"{qid}#{question}", str(q["text"]), image, gt[question], category=subtask,
-                              group=f"{subtask}/{name}", image_name=str(q["image"]), meta={"image_id": name}))
-        return Loaded(items, "llava", files, missing, {"suffix": SHORT_ANSWER, "source": "question file text as is",
-                                                        "answer_matching": "(subtask, image, question) as "
-                                                        "convert_answer_to_mme.py"})
+            items.append(Item(f"{qid}#{question}", str(q["text"]), answer=gt[question], category=subtask,
+                              group=f"{subtask}/{name}", meta={"image_id": name},
+                              **src.image(str(q["image"]), f"{subtask}/images/{name}")))
+        return src.loaded(items, missing, suffix=SHORT_ANSWER, source="question file text as is",
+                          answer_matching="(subtask, image, question) as convert_answer_to_mme.py")
 
     def score_rows(self, rows: Sequence[Mapping[str, Any]], *, protocol: str) -> dict[str, Any]:
         self.check_protocol(protocol)

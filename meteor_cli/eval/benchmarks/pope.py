@@ -23,10 +23,9 @@ from meteor_cli.eval.benchmarks.base import (
     Benchmark,
     Item,
     Loaded,
-    lmms_rows,
-    read_json_lines,
+    Source,
     report,
-    resolve_image,
+    suffix_of,
 )
 from meteor_cli.eval.metrics import SHORT_ANSWER, pope_metrics
 from meteor_cli.registry import register_benchmark
@@ -56,39 +55,27 @@ class Pope(Benchmark):
     layouts = {"llava": LAYOUT_LLAVA, "lmms": LAYOUT_LMMS}
     variants = ("all", *CATEGORIES)
     image_dir = "val2014"
+    lmms_names = ("POPE",)
 
     def load_items(self, data: Path, *, image_root: Path | None = None, variant: str | None = None,
                    allow_outside_root: bool = False, **options: Any) -> Loaded:
-        variant = self.check_variant(variant)
-        data = Path(data)
-        if self.is_lmms(data):
-            rows, files = lmms_rows(self, data, ["POPE"], "*test*", ["question_id", "question", "answer", "category"])
-            items = [Item(r["question_id"], str(r["question"]) + SHORT_ANSWER, r["_image"],
-                          str(r["answer"]).strip().lower(), category=str(r["category"]), image_name=r["_source"])
-                     for r in rows]
-            loaded = Loaded(items, "lmms", files, prompt={"suffix": SHORT_ANSWER, "source": "question + suffix"})
-        else:
-            loaded = self._load_llava(data, image_root, allow_outside_root)
-        if variant != "all":
-            loaded.items = [it for it in loaded.items if it.category == variant]
-        loaded.prompt["variant"] = variant
+        loaded = super().load_items(data, image_root=image_root, variant=variant,
+                                    allow_outside_root=allow_outside_root, **options)
+        if loaded.prompt["variant"] != "all":
+            loaded.items = [it for it in loaded.items if it.category == loaded.prompt["variant"]]
         return loaded
 
-    def _load_llava(self, data: Path, image_root: Path | None, allow_outside_root: bool) -> Loaded:
-        qfile = data / "llava_pope_test.jsonl"
-        if not qfile.is_file():
-            raise self.layout_error(data, qfile.name)
-        hint = f"expected:\n{LAYOUT_LLAVA}"
-        questions = read_json_lines(qfile, "POPE question file", hint, ("question_id", "image", "text", "category"))
-        labels: dict[str, list[str]] = {}
-        files = [str(qfile)]
-        for cat in dict.fromkeys(q["category"] for q in questions):
-            lf = data / "coco" / f"coco_pope_{cat}.json"
-            if not lf.is_file():
-                raise self.layout_error(data, f"coco/{lf.name} (annotation file of category {cat!r})")
-            labels[cat] = [str(r["label"]) for r in read_json_lines(lf, "POPE annotation file", hint, ("label",))]
-            files.append(str(lf))
-        roots = [self.image_base(data, image_root), qfile.parent]
+    def read_lmms(self, src: Source, variant: str | None) -> Loaded:
+        rows = src.parquet("*test*", ["question_id", "question", "answer", "category"])
+        items = [Item(r["question_id"], str(r["question"]) + SHORT_ANSWER, answer=str(r["answer"]).strip().lower(),
+                      category=str(r["category"]), **src.row_image(r)) for r in rows]
+        return src.loaded(items, suffix=SHORT_ANSWER, source="question + suffix")
+
+    def read_llava(self, src: Source, variant: str | None) -> Loaded:
+        questions = src.jsonl("llava_pope_test.jsonl", "POPE question file", ("question_id", "image", "text", "category"))
+        labels = {cat: [str(r["label"]) for r in src.jsonl(f"coco/coco_pope_{cat}.json",
+                                                           f"annotation file of category {cat!r}", ("label",))]
+                  for cat in dict.fromkeys(q["category"] for q in questions)}
         seen: dict[str, int] = {}
         items, missing = [], []
         for q in questions:
@@ -98,12 +85,11 @@ class Pope(Benchmark):
             if k >= len(labels[cat]):  # LLaVA pairs by order: more questions than labels
                 missing.append(q["question_id"])
                 continue
-            items.append(Item(q["question_id"], str(q["text"]),
-                              resolve_image(str(q["image"]), roots, allow_outside_root=allow_outside_root),
-                              labels[cat][k], category=cat, image_name=str(q["image"])))
-        suffix = SHORT_ANSWER if all(str(q["text"]).endswith(SHORT_ANSWER) for q in questions) else None
-        return Loaded(items, "llava", files, missing, {"suffix": suffix, "source": "question file text as is",
-                                                       "label_matching": "by order within category (eval_pope.py)"})
+            items.append(Item(q["question_id"], str(q["text"]), answer=labels[cat][k], category=cat,
+                              **src.image(str(q["image"]))))
+        return src.loaded(items, missing, suffix=suffix_of((q["text"] for q in questions), SHORT_ANSWER),
+                          source="question file text as is",
+                          label_matching="by order within category (eval_pope.py)")
 
     def score_rows(self, rows: Sequence[Mapping[str, Any]], *, protocol: str) -> dict[str, Any]:
         self.check_protocol(protocol)

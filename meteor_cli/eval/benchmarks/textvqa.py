@@ -13,7 +13,6 @@ prompt's first line), and rows take the annotation's own (unique) question id.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from meteor_cli.errors import InvalidInputError
@@ -21,11 +20,8 @@ from meteor_cli.eval.benchmarks.base import (
     Benchmark,
     Item,
     Loaded,
-    lmms_rows,
-    read_json,
-    read_json_lines,
+    Source,
     report,
-    resolve_image,
 )
 from meteor_cli.eval.metrics import SHORT_ANSWER, vqa_accuracy
 from meteor_cli.registry import register_benchmark
@@ -54,37 +50,27 @@ class TextVQA(Benchmark):
     layouts = {"llava": LAYOUT_LLAVA, "lmms": LAYOUT_LMMS}
     variants = ("ocr", "no-ocr")
     image_dir = "train_images"
+    lmms_names = ("textvqa",)
 
-    def load_items(self, data: Path, *, image_root: Path | None = None, variant: str | None = None,
-                   allow_outside_root: bool = False, **options: Any) -> Loaded:
-        variant = self.check_variant(variant)
+    def read_lmms(self, src: Source, variant: str | None) -> Loaded:
         ocr = variant == "ocr"
-        data = Path(data)
-        if self.is_lmms(data):
-            rows, files = lmms_rows(self, data, ["textvqa"], "*validation*",
-                                    ["question_id", "question", "answers", "ocr_tokens"])
-            items = []
-            for r in rows:
-                ref = f"\n{OCR_PREFIX}{', '.join(map(str, r['ocr_tokens'] or []))}" if ocr else ""
-                items.append(Item(r["question_id"], str(r["question"]).capitalize() + ref + SHORT_ANSWER, r["_image"],
-                                  [str(a) for a in r["answers"]], image_name=r["_source"], meta={"ocr_tokens": ocr}))
-            return Loaded(items, "lmms", files, prompt={"suffix": SHORT_ANSWER, "ocr_tokens": ocr,
-                                                        "source": "question.capitalize() + OCR line + suffix (lmms)"})
-        qfile = next((data / n for n in ("llava_textvqa_val_v051_ocr.jsonl", "llava_textvqa_val_v051.jsonl")
-                      if (data / n).is_file()), None)
-        if qfile is None:
-            raise self.layout_error(data, "llava_textvqa_val_v051_ocr.jsonl")
-        afile = data / "TextVQA_0.5.1_val.json"
-        if not afile.is_file():
-            raise self.layout_error(data, f"{afile.name} (the annotation file)")
-        hint = f"expected:\n{LAYOUT_LLAVA}"
-        questions = read_json_lines(qfile, "TextVQA question file", hint, ("question_id", "image", "text"))
-        ann = read_json(afile, "TextVQA annotation file", hint)
+        items = []
+        for r in src.parquet("*validation*", ["question_id", "question", "answers", "ocr_tokens"]):
+            ref = f"\n{OCR_PREFIX}{', '.join(map(str, r['ocr_tokens'] or []))}" if ocr else ""
+            items.append(Item(r["question_id"], str(r["question"]).capitalize() + ref + SHORT_ANSWER,
+                              answer=[str(a) for a in r["answers"]], meta={"ocr_tokens": ocr}, **src.row_image(r)))
+        return src.loaded(items, suffix=SHORT_ANSWER, ocr_tokens=ocr,
+                          source="question.capitalize() + OCR line + suffix (lmms)")
+
+    def read_llava(self, src: Source, variant: str | None) -> Loaded:
+        ocr = variant == "ocr"
+        qfile = src.first(["llava_textvqa_val_v051_ocr.jsonl", "llava_textvqa_val_v051.jsonl"], "the question file")
+        questions = src.jsonl(qfile, "TextVQA question file", ("question_id", "image", "text"))
+        ann = src.json("TextVQA_0.5.1_val.json", "the annotation file")
         if not isinstance(ann, Mapping) or not isinstance(ann.get("data"), list):
-            raise InvalidInputError(f"{afile}: no 'data' list", hint)
+            raise InvalidInputError(f"{src.files[-1]}: no 'data' list", src.hint)
         by_key = {(str(a.get("image_id")), str(a.get("question", "")).lower()): a for a in ann["data"]
                   if isinstance(a, Mapping)}
-        roots = [self.image_base(data, image_root), qfile.parent]
         items, missing = [], []
         for q in questions:
             lines = str(q["text"]).split("\n")
@@ -98,12 +84,11 @@ class TextVQA(Benchmark):
                 raise InvalidInputError(f"{qfile}: question {q['question_id']!r} has no '{OCR_PREFIX}...' line",
                                         "use llava_textvqa_val_v051_ocr.jsonl, or pass --variant no-ocr")
             items.append(Item(a.get("question_id", q["question_id"]), "\n".join(lines),
-                              resolve_image(str(q["image"]), roots, allow_outside_root=allow_outside_root),
-                              [str(x) for x in a["answers"]], image_name=str(q["image"]),
-                              meta={"ocr_tokens": ocr, "llava_question_id": q["question_id"]}))
-        return Loaded(items, "llava", [str(qfile), str(afile)], missing,
-                      {"suffix": SHORT_ANSWER, "ocr_tokens": ocr, "source": "question file text"
-                       + ("" if ocr else " without its OCR line")})
+                              answer=[str(x) for x in a["answers"]],
+                              meta={"ocr_tokens": ocr, "llava_question_id": q["question_id"]},
+                              **src.image(str(q["image"]))))
+        return src.loaded(items, missing, suffix=SHORT_ANSWER, ocr_tokens=ocr,
+                          source="question file text" + ("" if ocr else " without its OCR line"))
 
     def score_rows(self, rows: Sequence[Mapping[str, Any]], *, protocol: str) -> dict[str, Any]:
         self.check_protocol(protocol)
