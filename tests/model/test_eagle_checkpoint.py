@@ -147,6 +147,28 @@ def test_key_mapping_covers_every_tensor_both_ways(x5):
     assert to_meteor("lm_head.weight", towers) == "llm.lm_head.weight"
 
 
+@pytest.mark.parametrize("which", ["x5", "x4_plus"])
+def test_one_rename_table_round_trips_every_key(which, request):
+    """The key mapping is ONE table (``RENAMES``) read both ways: over a release's full key set,
+    release → meteor → release and meteor → release → meteor are identities, and every rule of
+    the table is used by some tensor (no dead rule)."""
+    from meteor_cli.model.eagle import format as F
+
+    rel = F.read_release(request.getfixturevalue(which))
+    towers = rel.tower_names
+    params = [n for n, _ in F.build_empty(rel).named_parameters()]
+    loaded = [k for k in rel.weight_map if F.to_meteor(k, towers) is not None]
+    assert [F.to_release(F.to_meteor(k, towers), towers) for k in loaded] == loaded
+    assert [F.to_meteor(F.to_release(n, towers), towers) for n in params] == params
+    assert sorted(F.to_release(n, towers) for n in params) == sorted(loaded)
+    if which == "x5":
+        pre = {t.kind: f"{F.TOWER_PREFIX}{t.index}.vision_tower." for t in rel.towers}
+        inner = {kind: [k[len(p):] for k in loaded if k.startswith(p)] for kind, p in pre.items()}
+        for kind, rules in F.RENAMES.items():
+            for (pat, _), rule in zip(F._FORWARD[kind], rules):
+                assert any(pat.search(k) for k in inner[kind]), (kind, rule)
+
+
 @pytest.mark.parametrize("damage", ["drop", "rename"])
 def test_missing_or_renamed_tensor_is_named(tmp_path, cli, damage):
     key = "model.vision_tower.vision_towers.3.vision_tower.blocks.1.attn.k_proj.weight"

@@ -73,30 +73,44 @@ KNOWN_NAMES = {"clip-448": "clip", "convnext-1024": "convnext", "sam-1024": "sam
 #: Release tensors that are deterministic buffers, recomputed rather than loaded (EVA's RoPE tables).
 IGNORED = re.compile(r"(^|\.)(rope_win|rope_glb|rope)\.freqs_(cos|sin)$|(^|\.)position_ids$")
 
-# Per tower kind: (release inner name → the adapter's ``net`` inner name) renames, and back.
-_RENAMES: dict[str, list[tuple[str, str]]] = {
-    "clip": [(r"^vision_model\.", "")],
-    "convnext": [(r"^(stages\.\d+\.blocks\.\d+)\.weight$", r"\1.gamma")],
-    "sam": [(r"^", "vision_encoder.")],
-    "det": [(r"\.attn\.q_bias$", ".attn.q_proj.bias"), (r"\.attn\.v_bias$", ".attn.v_proj.bias"),
-            (r"\.mlp\.w1\.", ".mlp.fc1_g."), (r"\.mlp\.w2\.", ".mlp.fc1_x."), (r"\.mlp\.ffn_ln\.", ".mlp.norm."),
-            (r"\.mlp\.w3\.", ".mlp.fc2.")],
-    "pix2struct": [],
-}
-_BACK: dict[str, list[tuple[str, str]]] = {
-    "clip": [(r"^", "vision_model.")],
-    "convnext": [(r"^(stages\.\d+\.blocks\.\d+)\.gamma$", r"\1.weight")],
-    "sam": [(r"^vision_encoder\.", "")],
-    "det": [(r"\.attn\.q_proj\.bias$", ".attn.q_bias"), (r"\.attn\.v_proj\.bias$", ".attn.v_bias"),
-            (r"\.mlp\.fc1_g\.", ".mlp.w1."), (r"\.mlp\.fc1_x\.", ".mlp.w2."), (r"\.mlp\.norm\.", ".mlp.ffn_ln."),
-            (r"\.mlp\.fc2\.", ".mlp.w3.")],
+#: Per tower kind, the renames between a release's inner tensor names and the adapter's ``net``
+#: names: ONE table, read both ways. Each rule ``(before, release, meteor, after)`` turns the
+#: literal ``release`` into the literal ``meteor`` where it stands between the regular expressions
+#: ``before`` and ``after`` (:func:`_rules` derives both directions; the back direction undoes
+#: the rules in reverse order). ``""`` literals make pure prefixes (CLIP's ``vision_model.``,
+#: SAM's ``vision_encoder.``).
+RENAMES: dict[str, list[tuple[str, str, str, str]]] = {
+    "clip": [("^", "vision_model.", "", "")],
+    "convnext": [(r"^stages\.\d+\.blocks\.\d+", ".weight", ".gamma", "$")],  # EAGLE names the layer scale `weight`
+    "sam": [("^", "", "vision_encoder.", "")],
+    "det": [("", ".attn.q_bias", ".attn.q_proj.bias", "$"), ("", ".attn.v_bias", ".attn.v_proj.bias", "$"),
+            ("", ".mlp.w1.", ".mlp.fc1_g.", ""), ("", ".mlp.w2.", ".mlp.fc1_x.", ""),
+            ("", ".mlp.ffn_ln.", ".mlp.norm.", ""), ("", ".mlp.w3.", ".mlp.fc2.", "")],
     "pix2struct": [],
 }
 
 
-def _apply(rules: list[tuple[str, str]], name: str) -> str:
-    for pat, rep in rules:
-        name = re.sub(pat, rep, name)
+Rule = tuple["re.Pattern[str]", str]
+
+
+def _rules(kind: str, to_meteor: bool) -> list[Rule]:
+    """The compiled (pattern, literal) substitutions of :data:`RENAMES` for one direction."""
+    out: list[Rule] = []
+    for before, release, meteor, after in RENAMES[kind]:
+        src, dst = (release, meteor) if to_meteor else (meteor, release)
+        if not src and not before.startswith("^"):
+            raise ValueError(f"RENAMES[{kind!r}]: an empty literal must be anchored at the start")
+        out.append((re.compile(f"({before}){re.escape(src)}({after})"), dst))
+    return out if to_meteor else out[::-1]
+
+
+_FORWARD = {k: _rules(k, True) for k in RENAMES}
+_BACKWARD = {k: _rules(k, False) for k in RENAMES}
+
+
+def _apply(rules: list[Rule], name: str) -> str:
+    for pat, dst in rules:
+        name = pat.sub(lambda m, d=dst: m.group(1) + d + m.group(2), name)  # type: ignore[misc]
     return name
 
 
@@ -144,7 +158,7 @@ def to_meteor(key: str, towers: dict[int, str]) -> str | None:
         if IGNORED.search(inner):
             return None
         kind = towers[int(m.group(1))]
-        return f"encoders.{kind}.net.{_apply(_RENAMES[kind], inner)}"
+        return f"encoders.{kind}.net.{_apply(_FORWARD[kind], inner)}"
     m = re.match(r"model\.mm_projector\.([02])\.(weight|bias)$", key)
     if m:
         return f"projectors.fused.{m.group(1)}.{m.group(2)}"
@@ -162,7 +176,7 @@ def to_release(name: str, towers: dict[int, str]) -> str:
     m = re.match(r"encoders\.([^.]+)\.net\.(.+)$", name)
     if m:
         index = {k: i for i, k in towers.items()}[m.group(1)]
-        return f"{TOWER_PREFIX}{index}.vision_tower.{_apply(_BACK[m.group(1)], m.group(2))}"
+        return f"{TOWER_PREFIX}{index}.vision_tower.{_apply(_BACKWARD[m.group(1)], m.group(2))}"
     m = re.match(r"projectors\.fused\.([02])\.(weight|bias)$", name)
     if m:
         return f"model.mm_projector.{m.group(1)}.{m.group(2)}"
