@@ -26,6 +26,7 @@ import typer
 
 from meteor_cli.cli.common import (STAGE1_OPTION_HELP, AllowOutsideRoot, Run, meteor_command, stage1_method_for,
                                    stage1_options_for)
+from meteor_cli.cli.templates import TemplateOption, apply_template, check_template
 from meteor_cli.errors import InvalidInputError, UsageError
 
 
@@ -59,6 +60,7 @@ def main(
     stage1_method: Annotated[str | None, typer.Option(
         "--stage1-method", help="Stage-1 policy (e.g. prumerge+; `meteor list policies`) instead of the allocation's.")] = None,
     stage1_option: Annotated[list[str] | None, typer.Option("--stage1-option", help=STAGE1_OPTION_HELP)] = None,
+    template: TemplateOption = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Questions per batch.")] = 1,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="Longest answer.")] = 16,
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="Evaluate only the first N questions.")] = None,
@@ -97,7 +99,7 @@ def main(
     _evaluate(run, model=model, benchmark=benchmark, data=data, image_root=image_root,
               allow_outside_root=allow_outside_root, variant=variant, protocol=protocol or "llava", answers=answers, metric=metric,
               max_missing=max_missing, allocation=allocation, prune_llm=prune_llm, stage1_method=stage1_method,
-              stage1_option=stage1_option,
+              stage1_option=stage1_option, template=check_template(template),
               batch_size=batch_size, max_new_tokens=max_new_tokens, limit=limit, num_chunks=num_chunks,
               chunk_idx=chunk_idx, out=out, samples_out=samples_out, restart=restart)
 
@@ -110,7 +112,7 @@ def _rank_path(out: Path, k: int, n: int) -> Path:
 def _evaluate(run: Run, *, model: str, benchmark: str, data: Path, image_root: Path | None, allow_outside_root: bool,
               variant: str | None, protocol: str, answers: Path | None, metric: str | None, max_missing: int,
               allocation: Path | None, prune_llm: Path | None, stage1_method: str | None,
-              stage1_option: list[str] | None, batch_size: int,
+              stage1_option: list[str] | None, batch_size: int, template: str | None = None,
               max_new_tokens: int, limit: int | None, num_chunks: int, chunk_idx: int, out: Path,
               samples_out: Path | None, restart: bool) -> None:
     from meteor_cli.artifacts import make_artifact, read_artifact, write_artifact
@@ -165,7 +167,8 @@ def _evaluate(run: Run, *, model: str, benchmark: str, data: Path, image_root: P
     identity = {"benchmark": benchmark, "data": str(Path(data).resolve()), "variant": variant, "layout": loaded.layout,
                 "options": {k: str(v) if v is not None else None for k, v in options.items()},
                 "model": str(Path(model).resolve()) if Path(model).exists() else model,
-                "settings": [s.identity() for s in settings], "max_new_tokens": max_new_tokens, "limit": limit,
+                "settings": [s.identity() for s in settings], **({"template": template} if template else {}),
+                "max_new_tokens": max_new_tokens, "limit": limit,
                 "seed": run.seed, "num_chunks": num_chunks, "questions": digest([it.qid for it in items])}
     run_id = digest({**identity, "chunk_idx": chunk_idx})
     if samples_out is None:
@@ -183,7 +186,7 @@ def _evaluate(run: Run, *, model: str, benchmark: str, data: Path, image_root: P
         run.seed_everything()
         from meteor_cli.model.checkpoint import load_model
 
-        vlm = load_model(model, run.device.torch, seed=run.seed)
+        vlm = apply_template(load_model(model, run.device.torch, seed=run.seed), template)
         sink.open(restart)
         try:
             with run.progress(total=n_planned, initial=len(done), desc=f"eval {benchmark}", unit="sample",

@@ -35,6 +35,7 @@ from typing import IO, Annotated, Any
 import typer
 
 from meteor_cli.cli.common import STAGE1_OPTION_HELP, AllowOutsideRoot, Run, meteor_command, stage1_method_for, stage1_options_for
+from meteor_cli.cli.templates import TemplateOption, apply_template, check_template
 from meteor_cli.errors import ExitCode, InputNotFoundError, MeteorError, UsageError
 
 STDIN = "-"
@@ -210,6 +211,7 @@ def main(
     stage1_method: Annotated[str | None, typer.Option(
         "--stage1-method", help="Stage-1 policy (e.g. prumerge+; `meteor list policies`) instead of the allocation's.")] = None,
     stage1_option: Annotated[list[str] | None, typer.Option("--stage1-option", help=STAGE1_OPTION_HELP)] = None,
+    template: TemplateOption = None,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="Longest answer.")] = 128,
     temperature: Annotated[float, typer.Option("--temperature", min=0.0, help="0 = greedy decoding.")] = 0.0,
     batch_size: Annotated[int, typer.Option(
@@ -233,6 +235,7 @@ def main(
 
     if model is None:
         raise UsageError("--model is required")
+    check_template(template)
     if questions is not None and (image or prompt):
         raise UsageError("give --questions, or --image and --prompt, not both",
                          "put the image and prompt into the request lines instead")
@@ -259,7 +262,7 @@ def main(
     options1 = stage1_options_for(alloc, method1, stage1_option)
     s3 = read_artifact(prune_llm, "meteor.prune-llm", what="--prune-llm").body if prune_llm else None
     run.seed_everything()
-    vlm = load_model(model, run.device.torch, seed=run.seed)
+    vlm = apply_template(load_model(model, run.device.torch, seed=run.seed), template)
     stage3 = install_pruning(vlm, alloc, s3, seed=run.seed, stage1_method=method1, stage1_options=options1)
     min_side = _min_side(vlm)
     if visualize is not None and not _traces(vlm):

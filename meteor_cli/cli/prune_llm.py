@@ -34,6 +34,7 @@ from typing import Annotated, Any
 import typer
 
 from meteor_cli.cli.common import AllowOutsideRoot, Run, meteor_command, stage1_method_for
+from meteor_cli.cli.templates import TemplateOption, apply_template, check_template
 from meteor_cli.errors import InvalidInputError, UsageError
 
 
@@ -169,6 +170,7 @@ def main(
     allocation: Annotated[Path | None, typer.Option(
         "--allocation", help="Calibrate with these Stage 1-2 budgets applied (allocation artifact), so the "
                              "target is met by the combined pipeline.")] = None,
+    template: TemplateOption = None,
     target_tokens: Annotated[float | None, typer.Option(
         "--target-tokens", help="Layer-averaged visual tokens to calibrate for.")] = None,
     count: Annotated[int, typer.Option("--count", min=1, help="Calibration samples.")] = 64,
@@ -188,6 +190,7 @@ def main(
         raise UsageError("--model is required", "pass the checkpoint (or HF LLM directory) the settings are for")
     if str(out) == "-" and run.json:
         raise UsageError("--out - and --json both write to stdout", "drop one of them")
+    check_template(template)
     dims = llm_dims(model)
     layer_list = _ints_or_floats(layers, "--layers")
     keep_list = _ints_or_floats(keep, "--keep")
@@ -212,13 +215,15 @@ def main(
     policy.validate(dims["num_layers"], dims["num_heads"])
     if allocation is not None and not calibrate:
         raise UsageError("--allocation is used by --calibrate only", "add --calibrate, or drop --allocation")
+    if template is not None and not calibrate:
+        raise UsageError("--template is used by --calibrate only", "add --calibrate, or drop --template")
     if calibrate:
         if method != "meteor":
             raise UsageError("--calibrate fits the scale of the meteor policy only", "drop --calibrate or use --method meteor")
         if data is None or target_tokens is None:
             raise UsageError("--calibrate needs --data and --target-tokens", "e.g. --data dev.json --target-tokens 242")
         calibration = _calibrate(run, model, policy, data, image_root, target_tokens, count,
-                                 allocation=allocation, allow_outside_root=allow_outside_root)
+                                 allocation=allocation, allow_outside_root=allow_outside_root, template=template)
     else:
         calibration = None
     body = {"method": method, **policy.to_dict(), "model": {"spec": model, **dims}, "calibration": calibration}
@@ -275,7 +280,7 @@ def calibration_prompt(record: dict[str, Any], index: int) -> str:
 
 
 def _calibrate(run: Run, model: str, policy: Any, data: Path, image_root: Path | None, target: float, count: int,
-               *, allocation: Path | None = None, allow_outside_root: bool = False) -> dict:
+               *, allocation: Path | None = None, allow_outside_root: bool = False, template: str | None = None) -> dict:
     """Fit the meteor policy's scale c so the mean layer-averaged visual tokens hit ``target``.
 
     With ``allocation`` the model runs with that Stage 1-2 applied, so the tokens Stage 3 prunes
@@ -295,7 +300,7 @@ def _calibrate(run: Run, model: str, policy: Any, data: Path, image_root: Path |
     alloc = read_artifact(allocation, "meteor.allocation", what="--allocation") if allocation else None
     method1 = stage1_method_for(alloc.body, None) if alloc else None
     root = image_root_for(data, image_root)
-    vlm = load_model(model, run.device.torch, seed=run.seed)
+    vlm = apply_template(load_model(model, run.device.torch, seed=run.seed), template)
     if alloc is not None:
         install_pruning(vlm, alloc.body, None, seed=run.seed, stage1_method=method1)
     chosen = sample_records(data, count=count, seed=run.seed)
@@ -355,4 +360,5 @@ def _calibrate(run: Run, model: str, policy: Any, data: Path, image_root: Path |
     return {"scale": cal.scale, "target": target, "achieved": cal.achieved, "std": statistics.pstdev(avgs),
             "n": len(avgs), "per_layer_mean": [sum(col) / len(col) for col in zip(*per_layer)],
             "data": str(data), "iterations": cal.iterations, "stage2_visual": stage2_visual,
-            "allocation": input_ref(allocation) if allocation else None, "stage1_method": method1}
+            "allocation": input_ref(allocation) if allocation else None, "stage1_method": method1,
+            "template": getattr(getattr(vlm, "cfg", None), "template", None)}
