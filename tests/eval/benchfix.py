@@ -67,3 +67,18 @@ def copy_images(synth_dir: Path, dest: Path, picks: list[int], ext: str = ".png"
     for pos in picks:
         shutil.copy(synth_image(synth_dir, pos), dest / f"{pos}{ext}")
     return [f"{pos}{ext}" for pos in picks]
+
+
+def score_outputs(bench, loaded, outputs: list[str], protocol: str = "llava") -> dict:
+    """Score recorded model ``outputs`` (one per loaded item, in order) as ``meteor eval`` does: the items'
+    sample rows plus ``text``, through the benchmark's ``score_rows``; no model generates."""
+    assert len(outputs) == len(loaded.items), (len(outputs), [it.qid for it in loaded.items])
+    rows = [{**it.record(), "text": out} for it, out in zip(loaded.items, outputs)]
+    return bench.score_rows(rows, protocol=protocol)
+
+
+def decodes(loaded) -> bool:
+    """Every item's image opens (paths resolved and confined, parquet bytes, base64 cells)."""
+    from meteor_cli.eval.benchmarks.base import open_image
+
+    return all(open_image(it.image).size[0] > 0 for it in loaded.items)

@@ -25,7 +25,8 @@ from meteor_cli.eval.benchmarks.synthvqa import (
 )
 
 #: Modules whose import registers a benchmark (in ``meteor list benchmarks`` order of the paper).
-BENCHMARK_MODULES = ("synthvqa", "llava", "gqa", "pope", "textvqa", "mme")
+BENCHMARK_MODULES = ("synthvqa", "llava", "gqa", "pope", "textvqa", "mme", "scienceqa", "mmbench", "seedbench",
+                     "vqav2", "chartqa", "ocrbench", "docvqa", "ai2d")
 
 for _m in BENCHMARK_MODULES:
     importlib.import_module(f"{__name__}.{_m}")

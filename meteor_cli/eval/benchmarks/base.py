@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from meteor_cli.errors import InputNotFoundError, InvalidInputError, UsageError
-from meteor_cli.eval.metrics.base import PROTOCOLS, MetricResult
+from meteor_cli.eval.metrics.base import LETTERS, PROTOCOLS, MetricResult
 
 #: An image: a path on disk, encoded bytes, or a function returning encoded bytes (read lazily).
 ImageRef = Path | bytes | Callable[[], bytes]
@@ -136,12 +136,22 @@ class Source:
         """A TSV with a header naming at least the ``required`` columns."""
         return read_tsv(self._read(relative, what), what, self.hint, required)
 
-    def parquet(self, pattern: str, required: Sequence[str], optional: Sequence[str] = (),
+    def parquet(self, pattern: str | Sequence[str], required: Sequence[str], optional: Sequence[str] = (),
                 image_column: str | None = "image", what: str = "") -> list[dict[str, Any]]:
-        """Rows of the parquet files matching ``pattern`` under the data set root (see :func:`read_parquet`)."""
-        files = parquet_files(self.root, pattern)
+        """Rows of the parquet files matching ``pattern`` under the data set root (see :func:`read_parquet`).
+
+        Several patterns: the first that matches any file wins (a config folder of a whole cache
+        entry, then the files of a directory holding only that config).
+        """
+        patterns = [pattern] if isinstance(pattern, str) else list(pattern)
+        files: list[Path] = []
+        for pat in patterns:
+            files = parquet_files(self.root, pat)
+            if files:
+                break
         if not files:
-            raise self.bench.layout_error(self.root, f"parquet file matching {pattern!r}" + (f" ({what})" if what else ""))
+            looked = f"parquet file matching {patterns[0]!r}" + (f" ({what})" if what else "")
+            raise self.bench.layout_error(self.root, looked)
         self.files.extend(str(f) for f in files)
         return read_parquet(files, required, optional, image_column)
 
@@ -469,15 +479,19 @@ def find_parquet_dir(data: Path, names: Sequence[str]) -> Path | None:
     """Where the parquet files of a data set are: ``data`` itself, or a Hugging Face cache entry.
 
     ``names`` are data-set names (``"POPE"``): ``data/datasets--ORG--NAME/snapshots/<newest>``
-    and ``data/ORG/NAME`` are looked at for both lmms-eval organisations.
+    and ``data/ORG/NAME`` are looked at for both lmms-eval organisations. A name with its own
+    organisation (``"echo840/OCRBench"``) is looked up under that one only.
     """
     if not data.is_dir():
         return None
+    def orgs(name: str) -> list[tuple[str, str]]:
+        return [tuple(name.split("/", 1))] if "/" in name else [(o, name) for o in LMMS_ORGS]  # type: ignore[list-item]
+
     if next(data.rglob("*.parquet"), None) is not None and not any(
-            (data / f"datasets--{org}--{n}").exists() for org in LMMS_ORGS for n in names):
+            (data / f"datasets--{org}--{n}").exists() for name in names for org, n in orgs(name)):
         return data
-    for n in names:
-        for org in LMMS_ORGS:
+    for name in names:
+        for org, n in orgs(name):
             snaps = data / f"datasets--{org}--{n}" / "snapshots"
             if snaps.is_dir():
                 found = sorted((p for p in snaps.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
@@ -573,6 +587,11 @@ def read_parquet(files: Sequence[Path], required: Sequence[str], optional: Seque
     return rows
 
 
+def choice_options(choices: Sequence[Any]) -> dict[str, str]:
+    """``{"A": first, "B": second, ...}`` of a list of option texts."""
+    return {LETTERS[i]: str(c) for i, c in enumerate(choices)}
+
+
 def option_lines(options: Iterable[tuple[str, Any]]) -> str:
     """``"\\nA. cat\\nB. dog"`` for ``[("A", "cat"), ("B", "dog")]`` (empty options left out)."""
     return "".join(f"\n{k}. {v}" for k, v in options if v is not None and str(v) != "" and v == v)
@@ -586,7 +605,7 @@ def question_file(data: Path, candidates: Sequence[str]) -> Path | None:
     return None
 
 
-__all__ = ["LMMS_ORGS", "Benchmark", "ImageRef", "Item", "Loaded", "ParquetImages", "base64_image", "category_table",
-           "columns", "confined", "find_parquet_dir", "image_bytes", "meta_column", "open_image",
-           "option_lines", "parquet_files", "question_file", "read_json", "read_json_lines", "read_parquet",
-           "read_tsv", "report", "resolve_image", "Source", "suffix_of"]
+__all__ = ["LMMS_ORGS", "Benchmark", "ImageRef", "Item", "Loaded", "ParquetImages", "Source", "base64_image",
+           "category_table", "choice_options", "columns", "confined", "find_parquet_dir", "image_bytes", "meta_column",
+           "open_image", "option_lines", "parquet_files", "question_file", "read_json", "read_json_lines",
+           "read_parquet", "read_tsv", "report", "resolve_image", "suffix_of"]

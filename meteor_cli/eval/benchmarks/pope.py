@@ -72,7 +72,8 @@ class Pope(Benchmark):
         return src.loaded(items, suffix=SHORT_ANSWER, source="question + suffix")
 
     def read_llava(self, src: Source, variant: str | None) -> Loaded:
-        questions = src.jsonl("llava_pope_test.jsonl", "POPE question file", ("question_id", "image", "text", "category"))
+        questions = src.jsonl("llava_pope_test.jsonl", "POPE question file",
+                              ("question_id", "image", "text", "category"))
         labels = {cat: [str(r["label"]) for r in src.jsonl(f"coco/coco_pope_{cat}.json",
                                                            f"annotation file of category {cat!r}", ("label",))]
                   for cat in dict.fromkeys(q["category"] for q in questions)}
