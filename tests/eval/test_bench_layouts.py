@@ -100,3 +100,13 @@ def test_wrong_layout_through_meteor_eval(cli, tmp_path):
     res = cli(*RUN, "--benchmark", "docvqa", "--data", "empty", "--out", "x.json")
     assert res.exit_code == ExitCode.NOT_FOUND and "val_v1.0_withQT.json" in res.stderr
     assert "DocVQA/validation-*.parquet" in res.stderr
+
+
+def test_list_benchmarks_shows_all_twelve_with_both_layouts(cli):
+    res = cli("list", "benchmarks", "--json")
+    assert res.exit_code == 0, res.output
+    rows = {r["name"]: r for r in json.loads(res.stdout)["benchmarks"]}
+    twelve = {"gqa", "pope", "textvqa", "mme", *FIRST_FILE}
+    assert len(twelve) == 12 and twelve <= set(rows)
+    for name in twelve:
+        assert "llava:" in rows[name]["layout"] and "lmms:" in rows[name]["layout"], name
