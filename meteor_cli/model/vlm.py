@@ -10,8 +10,9 @@ Pruning stages plug in as hooks; the model does not know which policy runs:
   opened per batch with the visual spans :meth:`MultiEncoderVLM.prepare` returns.
 
 Fusion ``post-projection`` (METEOR): one ``mlp2x_gelu`` projector per encoder, tokens
-concatenated along the token axis, grouped by encoder. ``pre-projection`` (EAGLE baseline):
-every final map resampled to a common grid, channels concatenated, one projector.
+concatenated along the token axis, grouped by encoder. ``pre-projection`` (EAGLE baseline, and
+released EAGLE checkpoints): every final map resampled to a common grid, channels concatenated,
+one projector; Stages 1–2 then act on the shared grid positions (:meth:`MultiEncoderVLM._pre_projection`).
 """
 
 from __future__ import annotations
@@ -92,13 +93,7 @@ class MultiEncoderVLM(nn.Module):
         states = {name: self.run_encoder(name, images) for name in self.encoders}
         B = images.shape[0]
         if self.cfg.fusion == "pre-projection":
-            g = self.cfg.grid
-            maps = [self.encoders[n].to_grid(self.encoders[n].feature_map(s), g) for n, s in states.items()]
-            fused = torch.cat(maps, dim=1).flatten(2).transpose(1, 2)  # (B, g², ΣD)
-            z = self.projectors["fused"](fused)
-            ids = torch.zeros(g * g, dtype=torch.long, device=z.device)
-            pos = torch.arange(g * g, device=z.device).expand(B, -1)
-            return VisualTokens(z, ids, pos, {"fused": [g * g] * B})
+            return self._pre_projection(states, B)
         zs, ids, pos = [], [], []
         for i, (name, s) in enumerate(states.items()):
             zs.append(self.projectors[name](s.x))
@@ -116,6 +111,49 @@ class MultiEncoderVLM(nn.Module):
                 return VisualTokens(z, kept_ids, p, per)
         per = {n: [s.x.shape[1]] * B for n, s in states.items()}
         return VisualTokens(z, enc_ids, p, per)
+
+    def _pre_projection(self, states: dict[str, Any], B: int) -> VisualTokens:
+        """EAGLE's fusion: every final map on the shared g×g grid, channels concatenated, one projector.
+
+        With Stage 1 (docs/eagle.md, METEOR-style defaults): an encoder that lost tokens is
+        resampled by normalised interpolation — its zero-filled map and its 0/1 map of surviving
+        tokens go through the same ``to_grid``, and the first is divided by the second — so a grid
+        position mixes only surviving tokens; a position none of them reaches is *uncovered* by
+        that encoder and gets zeros in its channels (its term ``W0_e·x_e`` vanishes). An encoder
+        that kept every token takes EAGLE's plain path, bit for bit.
+        With Stage 2: :func:`~meteor_cli.pruning.positions.select_positions` keeps ``stage2.keep``
+        positions, scored per encoder with the projector's column blocks ``W0[:, cols_e]·x_e``
+        and fused across encoders; the LLM gets those positions' tokens in raster order.
+        """
+        g = self.cfg.grid
+        maps, covered = [], []
+        for n, s in states.items():
+            enc = self.encoders[n]
+            fmap = enc.to_grid(enc.feature_map(s), g)
+            h, w = s.grid
+            if s.x.shape[1] < h * w:  # Stage 1 dropped tokens of this encoder
+                hit = torch.zeros(B, 1, h * w, dtype=torch.float32, device=s.x.device)
+                hit.scatter_(2, s.pos.unsqueeze(1), 1.0)
+                cover = enc.to_grid(hit.view(B, 1, h, w), g).float()
+                fmap = torch.where(cover > 0, fmap.float() / cover.clamp_min(torch.finfo(torch.float32).tiny),
+                                   torch.zeros((), device=fmap.device)).to(fmap.dtype)
+                covered.append(cover[:, 0].flatten(1) > 0)
+            else:
+                covered.append(torch.ones(B, g * g, dtype=torch.bool, device=s.x.device))
+            maps.append(fmap)
+        fused = torch.cat(maps, dim=1).flatten(2).transpose(1, 2)  # (B, g², ΣD)
+        pos = torch.arange(g * g, device=fused.device).expand(B, -1)
+        if self.stage2 is not None:
+            from meteor_cli.pruning.positions import select_positions
+
+            widths = [self.encoders[n].width for n in states]
+            res = select_positions(self.stage2, fused, torch.stack(covered, 1), widths, self.projectors["fused"][0].weight)
+            if res is not None:
+                pos = res.indices
+                fused = torch.gather(fused, 1, pos.unsqueeze(-1).expand(-1, -1, fused.shape[-1]))
+        z = self.projectors["fused"](fused)
+        ids = torch.zeros(pos.shape[1], dtype=torch.long, device=z.device)
+        return VisualTokens(z, ids, pos, {"fused": [pos.shape[1]] * B})
 
     # -- language ------------------------------------------------------------------------------
 

@@ -24,8 +24,13 @@ family             upstream module                             what EAGLE takes 
                                                                patches, resampled to the grid
 =================  ==========================================  ====================================
 
-Stage 1 prunes every tower on its final map only (``output_pruned``), i.e. on the shared grid
-positions once fused (docs/eagle.md explains why).
+Stage 1 (METEOR-style defaults, docs/eagle.md): the transformer towers whose blocks run on any
+subset of tokens — ``eagle-clip`` (absolute positions added at the embedding), ``eagle-det``
+(windows as a mask on ORIGINAL positions, RoPE indexed by them) and ``eagle-pix2struct`` (row/column
+embeddings at the input) — prune progressively after blocks ``round(L·j/3)−1`` on their native
+grids; ``eagle-convnext`` (convolutions) and ``eagle-sam`` (HF SAM's window partition needs the
+whole map) prune their final map only (``output_pruned``). The pre-projection fusion then
+resamples what survives to the shared grid (:meth:`~meteor_cli.model.vlm.MultiEncoderVLM._pre_projection`).
 
 Shapes come from the :class:`~meteor_cli.config.EncoderConfig` (which :mod:`meteor_cli.model.eagle.format`
 fills from the checkpoint's tensor shapes); settings a config field does not cover are in
@@ -70,7 +75,8 @@ def resize_aligned(x: torch.Tensor, size: int) -> torch.Tensor:
 class EagleTower(EncoderAdapter):
     """What every EAGLE tower shares: CLIP normalisation, aligned resizing, output-only pruning."""
 
-    #: Stage 1 prunes only the final map (config validation reads this).
+    #: Stage 1 prunes only the final map (config validation reads this); towers whose blocks
+    #: run on any subset of tokens set it False.
     output_pruned = True
 
     def opt(self, key: str, default: Any = None) -> Any:
@@ -108,6 +114,8 @@ class EagleTower(EncoderAdapter):
 class EagleCLIP(EagleTower, CLIPAdapter):
     """``hr_clip_encoder.HRCLIPVisionTower``: the embeddings (CLS and positions added), the CLS row
     dropped, ``pre_layrnorm``, every encoder layer over the patch tokens only; the last layer's output."""
+
+    output_pruned = False  # blocks run on any subset of tokens: Stage 1 prunes inside
 
     def __init__(self, cfg: EncoderConfig) -> None:
         EncoderAdapter.__init__(self, cfg)
@@ -233,6 +241,8 @@ class EagleDet(EagleTower, EVA02Adapter):
     * the last block's (B, G², D) tokens, no norm.
     """
 
+    output_pruned = False  # blocks run on any subset of tokens: Stage 1 prunes inside
+
     def __init__(self, cfg: EncoderConfig) -> None:
         EncoderAdapter.__init__(self, cfg)
         self.window = int(self.opt("window", 16))
@@ -317,6 +327,8 @@ class EaglePix2Struct(EagleTower, Pix2StructAdapter):
     the sequence to ``max_patches`` with a zero attention mask and keeps the first rows² = 2025
     outputs; padding keys are masked out, so running the rows² real patches alone is the same
     computation. ``cfg.image_size`` is rows·patch (720)."""
+
+    output_pruned = False  # blocks run on any subset of tokens: Stage 1 prunes inside
 
     def __init__(self, cfg: EncoderConfig) -> None:
         EncoderAdapter.__init__(self, cfg)
