@@ -40,6 +40,9 @@ def main(
     stage1_method: Annotated[str | None, typer.Option(
         "--stage1-method", help="Stage-1 policy (e.g. prumerge+; `meteor list policies`) instead of the allocation's.")] = None,
     stage1_option: Annotated[list[str] | None, typer.Option("--stage1-option", help=STAGE1_OPTION_HELP)] = None,
+    fusion: Annotated[str | None, typer.Option(
+        "--fusion", help="post-projection: train METEOR's per-encoder projectors, initialised from a pre-projection "
+                         "model's shared one (an EAGLE release; docs/eagle.md).", show_default=False)] = None,
     epochs: Annotated[float, typer.Option("--epochs", min=0.0, help="Passes over the data.")] = 1.0,
     max_steps: Annotated[int | None, typer.Option("--max-steps", min=1, help="Stop after this many optimizer steps.")] = None,
     lr: Annotated[float, typer.Option("--lr", min=0.0, help="Peak learning rate (AdamW, cosine schedule).")] = 2e-5,
@@ -81,6 +84,8 @@ def main(
     bad = [p for p in frozen if p not in PARTS]
     if bad:
         raise UsageError(f"--freeze: unknown part(s) {bad}", f"choose from {', '.join(PARTS)}")
+    if fusion is not None and fusion not in ("post-projection", "pre-projection"):
+        raise UsageError(f"--fusion {fusion!r}: choose from post-projection, pre-projection")
     if unknown_words not in UNKNOWN_WORDS:
         raise UsageError(f"--unknown-words {unknown_words!r}: choose from {', '.join(UNKNOWN_WORDS)}")
     alloc = read_artifact(allocation, "meteor.allocation", what="--allocation") if allocation else None
@@ -95,7 +100,7 @@ def main(
     # Lock --out now, before the slow part, so a second run into it fails at once (rank 0 holds it).
     with DirectoryLock(out, command="meteor train", enabled=dist_info.is_main, warn=run.warn):
         _train(run, model, data, image_root, alloc, method1, cfg, dist_info, frozen, max_failed, limit, resume, force,
-               unknown_words, out, allow_outside_root, options1)
+               unknown_words, out, allow_outside_root, options1, fusion=fusion)
 
 
 UNKNOWN_WORDS = ("extend", "refuse", "ignore")
@@ -103,14 +108,17 @@ UNKNOWN_WORDS = ("extend", "refuse", "ignore")
 
 def _train(run: Run, model: str, data: Path, image_root: Path | None, alloc: Any, method1: str | None, cfg: Any,
            dist_info: Any, frozen: list[str], max_failed: float, limit: int | None, resume: bool, force: bool,
-           unknown_words: str, out: Path, allow_outside_root: bool, options1: dict[str, Any] | None = None) -> None:
+           unknown_words: str, out: Path, allow_outside_root: bool, options1: dict[str, Any] | None = None,
+           *, fusion: str | None = None) -> None:
     import torch
 
     from meteor_cli.data.llava import image_root_for
     from meteor_cli.train.loop import Trainer
     from meteor_cli.train.vlm_task import VLMTask, extend_vocabulary, load_vlm_data
 
-    vlm = _build(model, data, run.seed)
+    from meteor_cli.model.eagle.post_projection import convert_fusion
+
+    vlm = convert_fusion(_build(model, data, run.seed), fusion)
     # A word-level model fine-tuned on words it lacks (a preset's tokenizer is built from this
     # data, so only checkpoints have any). Deterministic, so --resume rebuilds the same rows
     # before the checkpoint's weights overwrite them.

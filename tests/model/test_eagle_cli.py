@@ -297,3 +297,46 @@ def test_normalised_resampling_mixes_only_surviving_tokens(x5):
     torch.testing.assert_close(det[0], captured["x"][0, 0], rtol=1e-6, atol=1e-6)  # corner (0, 0): token 0 alone
     torch.testing.assert_close(det[15], captured["x"][0, 1], rtol=1e-6, atol=1e-6)  # corner (3, 3): token 63 alone
     assert (det[5] == 0).all() and (det[10] == 0).all()  # the middle: no survivor within reach
+
+
+# ------------------------------------------------------------------------------------------------
+# train --fusion post-projection from a release
+# ------------------------------------------------------------------------------------------------
+
+
+def test_train_post_projection_from_a_release(x5, pipeline, cli):
+    """``train --fusion post-projection`` splits the shared projector: per tower, the first layer is
+    its column block of ``mm_projector.0`` (bias copied), the second a copy of ``mm_projector.2``;
+    with the projectors frozen the saved ones are exactly those; Stages 1–2 run in the loop and the
+    trained checkpoint answers with the allocation's Stage-2 count of tokens."""
+    from eagle_release import stored
+
+    from meteor_cli.model.checkpoint import load_model
+
+    sv = pipeline / "sv"
+    res = cli("train", "--model", str(x5), "--data", str(sv / "train.json"), "--fusion", "post-projection",
+              "--allocation", str(pipeline / "alloc.json"), "--max-steps", "1", "--batch-size", "2", "--limit", "2",
+              "--freeze", "projectors", "--out", "ck", "--device", "cpu", "--json", "-q")
+    assert res.exit_code == 0, res.stderr
+    summary = json.loads(res.stdout)
+    assert summary["steps"] == 1 and summary["final_loss"] is not None and summary["final_loss"] > 0
+    vlm = load_model("ck")
+    assert vlm.cfg.fusion == "post-projection" and list(vlm.projectors) == list(NATIVE)
+    sd = {k: v.float() for k, v in stored(x5).items() if k.startswith("model.mm_projector.")}
+    c0 = 0
+    for name, p in vlm.projectors.items():
+        w = vlm.encoders[name].width
+        assert torch.equal(p[0].weight, sd["model.mm_projector.0.weight"][:, c0:c0 + w]), name
+        assert torch.equal(p[0].bias, sd["model.mm_projector.0.bias"])
+        assert torch.equal(p[2].weight, sd["model.mm_projector.2.weight"])
+        assert torch.equal(p[2].bias, sd["model.mm_projector.2.bias"])
+        c0 += w
+    assert c0 == sd["model.mm_projector.0.weight"].shape[1]
+    with torch.no_grad():  # unpruned: every tower's native tokens, grouped by tower
+        assert vlm.encode_images(torch.rand(1, 3, 128, 128)).per_encoder == {n: [k] for n, k in NATIVE.items()}
+    rows = _rows(cli("infer", "--model", "ck", "--questions", str(sv / "eval" / "questions.jsonl"), "--allocation",
+                     str(pipeline / "alloc.json"), "--max-new-tokens", "2", "--device", "cpu", "--limit", "1", "-q"))
+    assert rows[0]["metadata"]["visual_tokens"] == 6
+    res = cli("train", "--model", "ck", "--data", str(sv / "train.json"), "--fusion", "pre-projection",
+              "--max-steps", "1", "--out", "ck2", "--device", "cpu", "-q")
+    assert res.exit_code == ExitCode.USAGE and "pre-projection → post-projection" in res.stderr
