@@ -110,3 +110,17 @@ def test_list_benchmarks_shows_all_twelve_with_both_layouts(cli):
     assert len(twelve) == 12 and twelve <= set(rows)
     for name in twelve:
         assert "llava:" in rows[name]["layout"] and "lmms:" in rows[name]["layout"], name
+
+
+def test_records_without_needed_fields_are_named(tmp_path):
+    (tmp_path / "ChartQA" / "test").mkdir(parents=True)
+    (tmp_path / "ChartQA" / "test" / "test_human.json").write_text(json.dumps([{"imgname": "a.png", "label": "1"}]))
+    with pytest.raises(InvalidInputError) as exc:
+        _bench("chartqa").load_items(tmp_path / "ChartQA", variant="human")
+    assert "test_human.json" in exc.value.message and "'query'" in exc.value.message
+    (tmp_path / "mmbench").mkdir()
+    (tmp_path / "mmbench" / "mmbench_dev_20230712.tsv").write_text(
+        "index\tquestion\tA\tB\tanswer\timage\n0\tq?\tx\ty\tZ\tAAAA\n")
+    with pytest.raises(InvalidInputError) as exc:  # the answer letter is not an option
+        _bench("mmbench").load_items(tmp_path / "mmbench")
+    assert "mmbench_dev_20230712.tsv" in exc.value.message and "'Z' is not one of its options A, B" in exc.value.message

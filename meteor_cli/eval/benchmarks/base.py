@@ -215,10 +215,17 @@ class Benchmark:
         data = Path(data)
         root = find_parquet_dir(data, self.lmms_names)
         if root is not None and "lmms" in self.layouts:
-            loaded = self.read_lmms(Source(self, data, "lmms", root), variant)
+            src = Source(self, data, "lmms", root)
         else:
             src = Source(self, data, "llava", data, [self.image_base(data, image_root), data], allow_outside_root)
-            loaded = self.read_llava(src, variant)
+        try:
+            loaded = self.read_lmms(src, variant) if src.layout == "lmms" else self.read_llava(src, variant)
+        except (KeyError, ValueError, TypeError, IndexError, AttributeError) as exc:
+            # a record without a field the benchmark needs, or of the wrong type: name the data read last
+            where = src.files[-1] if src.files else str(data)
+            what = f"no field {exc}" if isinstance(exc, KeyError) else f"{type(exc).__name__}: {exc}"
+            raise InvalidInputError(f"{where}: a {self.name} record does not fit the {src.layout} layout ({what})",
+                                    src.hint) from None
         if self.variants:
             loaded.prompt.setdefault("variant", variant)
         return loaded
@@ -297,12 +304,16 @@ def report(benchmark: str, result: MetricResult, rows: Sequence[Mapping[str, Any
     """The dict ``score_rows`` returns: the labelled headline, overall next to the category mean.
 
     ``overall`` defaults to the mean of the per-sample ``correct``/``score`` (micro); the category
-    mean is the unweighted mean over ``categories`` (macro), so a reader sees both.
+    mean is the unweighted mean over ``categories`` (macro), so a reader sees both. Without
+    ``categories``, the rows' own ``category`` values (when any row has one) group the per-sample
+    scores.
     """
     per = result.per_sample
+    vals = [float(s.get("correct", s.get("score", 0.0))) for s in per]
     if overall is None and per:
-        vals = [float(s.get("correct", s.get("score", 0.0))) for s in per]
         overall = 100.0 * sum(vals) / len(vals)
+    if categories is None and any(r.get("category") is not None for r in rows):
+        categories = category_table([r.get("category") for r in rows], vals)
     cats = dict(categories or {})
     cat_mean = sum(c["score"] for c in cats.values()) / len(cats) if cats else None
     samples = []

@@ -21,7 +21,6 @@ from meteor_cli.eval.benchmarks.base import (
     Item,
     Loaded,
     Source,
-    category_table,
     report,
 )
 from meteor_cli.eval.metrics import chartqa_relaxed_accuracy
@@ -84,9 +83,7 @@ class ChartQA(Benchmark):
         splits = [str(r.get("category")) for r in rows]
         res = chartqa_relaxed_accuracy([str(r["text"]) for r in rows], [str(r["answer"]) for r in rows],
                                        splits=splits, protocol=protocol, qids=[r["question_id"] for r in rows])
-        table = category_table(splits, [s["correct"] for s in res.per_sample])
-        return report(self.name, res, rows, headline="relaxed accuracy (%), relaxed_overall over the splits asked",
-                      categories=table)
+        return report(self.name, res, rows, headline="relaxed accuracy (%), relaxed_overall over the splits asked")
 
 
 __all__ = ["SPLITS", "SUFFIX", "ChartQA"]

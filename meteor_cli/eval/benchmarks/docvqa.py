@@ -22,7 +22,6 @@ from meteor_cli.eval.benchmarks.base import (
     Item,
     Loaded,
     Source,
-    category_table,
     report,
 )
 from meteor_cli.eval.metrics import SHORT_ANSWER, anls
@@ -82,10 +81,7 @@ class DocVQA(Benchmark):
         self.check_protocol(protocol)
         res = anls([str(r["text"]) for r in rows], [list(r["answer"]) for r in rows], protocol=protocol,
                    qids=[r["question_id"] for r in rows])
-        cats = [r.get("category") for r in rows]
-        table = category_table(cats, [s["score"] for s in res.per_sample]) if any(cats) else None
-        return report(self.name, res, rows, headline=f"ANLS (%), {res.settings['length']} lengths",
-                      categories=table)
+        return report(self.name, res, rows, headline=f"ANLS (%), {res.settings['length']} lengths")
 
 
 __all__ = ["DocVQA"]

@@ -20,7 +20,6 @@ from meteor_cli.eval.benchmarks.base import (
     Item,
     Loaded,
     Source,
-    category_table,
     report,
     suffix_of,
 )
@@ -93,9 +92,7 @@ class GQA(Benchmark):
         self.check_protocol(protocol)
         res = gqa_accuracy([str(r["text"]) for r in rows], [str(r["answer"]) for r in rows], protocol=protocol,
                            qids=[r["question_id"] for r in rows])
-        cats = [r.get("category") for r in rows]
-        table = category_table(cats, [s["correct"] for s in res.per_sample]) if any(c for c in cats) else None
-        return report(self.name, res, rows, headline="accuracy (%) over all questions", categories=table)
+        return report(self.name, res, rows, headline="accuracy (%) over all questions")
 
 
 __all__ = ["GQA"]

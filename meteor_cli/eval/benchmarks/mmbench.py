@@ -73,16 +73,19 @@ def prompt_of(row: Mapping[str, Any], options: Sequence[str], protocol_style: st
 def rotations(rows: list[dict[str, Any]]) -> tuple[list[tuple[int, dict[str, Any], list[str], str]], bool]:
     """``(index, row, options, answer letter)`` per question and rotation; whether they were generated."""
     indices = [int(float(r["index"])) for r in rows]
-    out = []
+    answers = [str(r["answer"]).strip().upper() for r in rows]
+    for i, r, a in zip(indices, rows, answers):
+        if a not in LETTERS[:len(options_of(r))]:
+            raise ValueError(f"question index {i}: answer {r['answer']!r} is not one of its options "
+                             f"{', '.join(LETTERS[:len(options_of(r))]) or '(none)'}")
     if any(i >= CIRCULAR for i in indices):
-        for i, r in zip(indices, rows):
-            out.append((i, r, options_of(r), str(r["answer"]).strip().upper()))
-        return out, False
-    for i, r in zip(indices, rows):
+        return [(i, r, options_of(r), a) for i, r, a in zip(indices, rows, answers)], False
+    out = []
+    for i, r, a in zip(indices, rows, answers):
         opts = options_of(r)
-        a = LETTERS.index(str(r["answer"]).strip().upper())
-        for k in range(max(1, len(opts))):
-            out.append((i + k * CIRCULAR, r, opts[k:] + opts[:k], LETTERS[(a - k) % len(opts)] if opts else "A"))
+        k_of = LETTERS.index(a)
+        for k in range(len(opts)):
+            out.append((i + k * CIRCULAR, r, opts[k:] + opts[:k], LETTERS[(k_of - k) % len(opts)]))
     return out, True
 
 

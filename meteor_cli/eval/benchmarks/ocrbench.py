@@ -20,7 +20,6 @@ from meteor_cli.eval.benchmarks.base import (
     Item,
     Loaded,
     Source,
-    category_table,
     report,
 )
 from meteor_cli.eval.metrics import ocrbench_score
@@ -77,9 +76,8 @@ class OCRBench(Benchmark):
         res = ocrbench_score([str(r["text"]) for r in rows], [list(r["answer"]) for r in rows], cats,
                              [str((r.get("meta") or {}).get("dataset", "")) for r in rows], protocol=protocol,
                              qids=[r["question_id"] for r in rows])
-        table = category_table(cats, [s["correct"] for s in res.per_sample])
         headline = ("hits (out of 1000 on the full set)" if protocol == "llava" else "hits / 1000 (lmms Final/1000)")
-        return report(self.name, res, rows, headline=headline, categories=table,
+        return report(self.name, res, rows, headline=headline,
                       extra={"groups": res.breakdown["groups"], "hits": res.breakdown["hits"]})
 
 

@@ -23,7 +23,6 @@ from meteor_cli.eval.benchmarks.base import (
     Item,
     Loaded,
     Source,
-    category_table,
     choice_options,
     option_lines,
     report,
@@ -96,9 +95,7 @@ class ScienceQA(Benchmark):
         self.check_protocol(protocol)
         res = scienceqa_accuracy([str(r["text"]) for r in rows], [r["answer"] for r in rows], protocol=protocol,
                                  qids=[r["question_id"] for r in rows])
-        cats = [r.get("category") for r in rows]
-        table = category_table(cats, [s["correct"] for s in res.per_sample]) if any(cats) else None
-        return report(self.name, res, rows, headline="IMG-Accuracy (%), option letter", categories=table)
+        return report(self.name, res, rows, headline="IMG-Accuracy (%), option letter")
 
 
 __all__ = ["ScienceQA", "lmms_prompt"]

@@ -21,7 +21,6 @@ from meteor_cli.eval.benchmarks.base import (
     Item,
     Loaded,
     Source,
-    category_table,
     option_lines,
     report,
     suffix_of,
@@ -98,8 +97,7 @@ class SeedBench(Benchmark):
         self.check_protocol(protocol)
         res = seed_accuracy([str(r["text"]) for r in rows], [str(r["answer"]) for r in rows], protocol=protocol,
                             question_types=[r.get("category") for r in rows], qids=[r["question_id"] for r in rows])
-        table = category_table([r.get("category") for r in rows], [s["correct"] for s in res.per_sample])
-        return report(self.name, res, rows, headline="SEED-I accuracy (%), option letter", categories=table)
+        return report(self.name, res, rows, headline="SEED-I accuracy (%), option letter")
 
 
 __all__ = ["QUESTION_TYPES", "SeedBench", "prompt_of"]

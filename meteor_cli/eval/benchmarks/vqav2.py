@@ -21,7 +21,6 @@ from meteor_cli.eval.benchmarks.base import (
     Item,
     Loaded,
     Source,
-    category_table,
     report,
 )
 from meteor_cli.eval.metrics import SHORT_ANSWER, vqa_accuracy
@@ -96,9 +95,7 @@ class VQAv2(Benchmark):
         self.check_protocol(protocol)
         res = vqa_accuracy([str(r["text"]) for r in rows], [list(r["answer"]) for r in rows], benchmark="vqav2",
                            protocol=protocol, qids=[r["question_id"] for r in rows])
-        cats = [r.get("category") for r in rows]
-        table = category_table(cats, [s["score"] for s in res.per_sample]) if any(cats) else None
-        return report(self.name, res, rows, headline="VQA accuracy (%) over all questions", categories=table)
+        return report(self.name, res, rows, headline="VQA accuracy (%) over all questions")
 
 
 __all__ = ["VQAv2", "answer_texts"]
