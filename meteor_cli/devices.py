@@ -9,6 +9,10 @@ Nothing else in meteor calls ``.cuda()`` or imports ``torch_npu``: commands reso
   libraries breaks ``import torch`` itself, so it is never a hard dependency: the ``npu`` extra
   (``pip install 'meteor[npu]'``) is for machines that have CANN.
 - Dtype policy: float32 on the CPU, bfloat16 on CUDA/NPU, unless the user says otherwise.
+- Under ``torchrun`` each rank takes the accelerator of its ``LOCAL_RANK``
+  (:func:`rank_device_index`): for a bare ``cuda``/``npu`` (and ``auto`` picking one), and for
+  any ``cuda:N``/``npu:N`` when ``WORLD_SIZE`` > 1 (every rank gets the same command line, so an
+  index there would put all ranks on one device).
 
 Example::
 
@@ -23,8 +27,10 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -87,6 +93,29 @@ def parse_device(spec: str) -> tuple[str, int | None]:
     return kind, int(index) if index is not None else None
 
 
+def rank_device_index(kind: str, index: int | None, env: Mapping[str, str] | None = None) -> int | None:
+    """The accelerator index this process should use under ``torchrun`` (pure: reads only ``env``).
+
+    ``kind``/``index``: the parsed ``--device`` (``auto`` resolved to its accelerator first). A
+    CPU, or no ``LOCAL_RANK`` in ``env`` (default ``os.environ``), leaves ``index`` as it is; a bare
+    ``cuda``/``npu`` becomes ``LOCAL_RANK``, and so does any index when ``WORLD_SIZE`` > 1.
+
+    >>> rank_device_index("cuda", None, {"LOCAL_RANK": "3", "WORLD_SIZE": "4"})
+    3
+    >>> rank_device_index("cuda", 1, {"LOCAL_RANK": "0", "WORLD_SIZE": "1"}), rank_device_index("cpu", None, {"LOCAL_RANK": "2"})
+    (1, None)
+    """
+    env = os.environ if env is None else env
+    local = env.get("LOCAL_RANK")
+    if kind not in ("cuda", "npu") or local is None or not local.strip().isdigit():
+        return index
+    try:
+        world = int(env.get("WORLD_SIZE", "1") or 1)
+    except ValueError:
+        world = 1
+    return int(local) if index is None or world > 1 else index
+
+
 def load_npu_backend() -> None:
     """Import ``torch_npu`` (which registers ``torch.npu``), or say how to get it."""
     try:
@@ -123,12 +152,12 @@ def resolve_device(spec: str | Device = "auto") -> Device:
         import torch
 
         if torch.cuda.is_available():
-            return Device("cuda", torch.cuda.current_device())
+            return Device("cuda", rank_device_index("cuda", torch.cuda.current_device()))
         if _npu_installed():
             try:
                 npu = _backend("npu")
                 if npu.is_available():
-                    return Device("npu", npu.current_device())
+                    return Device("npu", rank_device_index("npu", npu.current_device()))
             except DeviceUnavailableError:
                 pass  # torch_npu present but unusable: fall through to the CPU
         return Device("cpu")
@@ -145,11 +174,13 @@ def resolve_device(spec: str | Device = "auto") -> Device:
             "use --device cpu (or --device auto to pick the best available device)",
         )
     count = backend.device_count()
-    index = backend.current_device() if index is None else index
+    ranked = rank_device_index(kind, index)
+    index = backend.current_device() if ranked is None else ranked
     if index >= count:
+        local = f" (LOCAL_RANK {os.environ.get('LOCAL_RANK')} under torchrun)" if ranked != parse_device(spec)[1] else ""
         raise DeviceUnavailableError(
-            f"--device {spec}: this machine has {count} {kind} device(s), indices 0..{count - 1}",
-            f"pick an index below {count}",
+            f"--device {spec}{local}: this machine has {count} {kind} device(s), indices 0..{count - 1}",
+            f"pick an index below {count}" + (", or start fewer ranks per node (--nproc-per-node)" if local else ""),
         )
     return Device(kind, index)  # type: ignore[arg-type]
 

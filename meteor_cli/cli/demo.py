@@ -40,6 +40,9 @@ import typer
 
 from meteor_cli.cli.common import Run, meteor_command
 from meteor_cli.errors import MeteorError, UsageError
+# The budget solvers live with ``meteor eval --method`` (one recipe for both); re-exported here.
+from meteor_cli.eval.methods import fastv_ratio, meteor_budgets, pdrop_ratio  # noqa: F401
+from meteor_cli.eval.methods import fastv_setting as _fastv_setting
 
 FAMILIES = ("general", "hallucination", "ocr", "chart")
 METHODS = ("unpruned", "meteor", "fastv", "pdrop", "random", "separate")
@@ -110,37 +113,6 @@ def _synth_check(path: Path, sizes: Sizes) -> Callable[[], None]:
             raise ValueError("SynthVQA set of another size")
 
     return check
-
-
-def fastv_ratio(n: int, target: float, layers: int, k: int) -> float:
-    """FastV's drop ratio R such that K layers see ``n`` tokens and the rest ``n·(1-R)``, averaging ``target``."""
-    if k >= layers:
-        raise UsageError(f"FastV's layer K={k} is not inside the {layers}-layer LLM")
-    r = 1 - (target * layers - k * n) / ((layers - k) * n)
-    if not 0.0 <= r <= 0.99:
-        raise UsageError(f"FastV at layer {k} cannot average {target:.0f} of {n} visual tokens over {layers} layers",
-                         "raise --budget")
-    return r
-
-
-def pdrop_ratio(n: int, target: float, layers: int, points: list[int]) -> float:
-    """PyramidDrop's geometric ratio r (keep r, r², … of ``n`` from each point on) averaging ``target`` (bisection)."""
-
-    def avg(r: float) -> float:
-        bounds = [*points, layers]
-        total = bounds[0] * n
-        for s in range(len(points)):
-            total += (bounds[s + 1] - bounds[s]) * n * r ** (s + 1)
-        return total / layers
-
-    if avg(0.0) > target or avg(1.0) < target:
-        raise UsageError(f"PyramidDrop at layers {points} cannot average {target:.0f} of {n} visual tokens",
-                         "raise --budget")
-    lo, hi = 0.0, 1.0
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if avg(mid) < target else (lo, mid)
-    return round((lo + hi) / 2, 4)
 
 
 def _meteor_argv(args: list[str]) -> list[str]:
@@ -218,9 +190,7 @@ def main(
     hf = cfg.llm.resolved_hf_config()
     n_layers = int(hf["num_hidden_layers"])
     n_vis = _visual_tokens(model)
-    target = round(budget * n_vis)
-    s1_ratio = min(0.9, 1.6 * budget)
-    s2_keep = min(n_vis, round(1.25 * target))
+    target, s1_ratio, s2_keep = meteor_budgets(budget, n_vis)
     fastv_k, r_fastv = _fastv_setting(n_vis, target, n_layers)
     pdrop_layers = default_layers(n_layers, (8, 16, 24))
     r_pdrop = pdrop_ratio(n_vis, target, n_layers, pdrop_layers)
@@ -333,16 +303,6 @@ def _visual_tokens(model: str) -> int:
         raise UsageError(f"cannot size model {model!r}: {proc.stderr.strip().splitlines()[-1:]}",
                          "pass a preset or checkpoint directory `meteor flops --model` accepts")
     return int(json.loads(proc.stdout)["visual_tokens"]["into_llm"])
-
-
-def _fastv_setting(n: int, target: float, n_layers: int) -> tuple[int, float]:
-    """FastV's layer K (its default 2, or earlier when a shallow LLM cannot reach the budget from there) and ratio R."""
-    for k in range(min(2, n_layers - 1), 0, -1):
-        try:
-            return k, fastv_ratio(n, target, n_layers, k)
-        except UsageError:
-            continue
-    return 1, fastv_ratio(n, target, n_layers, 1)  # raises, naming the budget
 
 
 def _table(out: Path, settings: dict[str, Any]) -> list[dict[str, Any]]:

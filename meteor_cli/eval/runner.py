@@ -120,6 +120,9 @@ class EvalSetting:
     prune_llm: dict[str, Any] | None = None
     stage1_method: str | None = None
     stage1_options: dict[str, Any] | None = None  # ``--stage1-option`` values for the Stage-1 policy
+    #: meteor's Stage 3 at a budget: its scale is calibrated in the run so the layer-averaged
+    #: visual tokens are this many (``meteor_cli.eval.methods.calibrate_meteor``).
+    calibrate_to: float | None = None
 
     @property
     def label(self) -> str:
@@ -129,7 +132,14 @@ class EvalSetting:
         """What makes two settings the same run (JSON-ready)."""
         return {"method": self.method, "budget": self.budget, "allocation": self.allocation,
                 "prune_llm": self.prune_llm, "stage1_method": self.stage1_method,
-                **({"stage1_options": self.stage1_options} if self.stage1_options else {})}
+                **({"stage1_options": self.stage1_options} if self.stage1_options else {}),
+                **({"calibrate_to": self.calibrate_to} if self.calibrate_to is not None else {})}
+
+    @classmethod
+    def from_identity(cls, s: dict[str, Any]) -> EvalSetting:
+        """The setting an :meth:`identity` describes (``meteor eval merge``)."""
+        return cls(s["method"], s["budget"], s["allocation"], s["prune_llm"], s["stage1_method"],
+                   s.get("stage1_options"), s.get("calibrate_to"))
 
 
 def _chunks(seq: Sequence[Any], n: int) -> Iterator[Sequence[Any]]:
@@ -141,16 +151,17 @@ def _chunks(seq: Sequence[Any], n: int) -> Iterator[Sequence[Any]]:
 def evaluate_items(vlm: Any, items: Sequence[tuple[int, Any]], settings: Sequence[EvalSetting], *,
                    done: set[tuple[str, int]], sink: Callable[[list[dict[str, Any]]], None], run_id: str,
                    batch_size: int = 1, max_new_tokens: int = 16, seed: int = 0,
-                   progress: Callable[[int], None] | None = None) -> int:
+                   progress: Callable[[int], None] | None = None,
+                   prepare: Callable[[EvalSetting], None] | None = None) -> int:
     """Generate answers for every (setting, item) not in ``done``; rows go to ``sink`` batch by batch.
 
     ``items`` are ``(pos, Item)`` with ``pos`` the item's place in the whole (unsharded) run, so
     rows from shards and resumed runs sort back into one order. An image that cannot be read
-    gives a row with ``skipped`` (the reason) instead of an answer. Returns the rows written.
+    gives a row with ``skipped`` (the reason) instead of an answer. ``prepare(setting)`` runs
+    first for every setting with work left (e.g. calibrating meteor's Stage 3). Each setting is installed in
+    turn and removed before the next (Stage 3's layer wrappers included), so one loaded model
+    gives every setting exactly what a run of that setting alone gives. Returns the rows written.
     """
-    from meteor_cli.eval.benchmarks.base import open_image
-    from meteor_cli.pruning.schedule import layer_averaged_tokens
-
     from meteor_cli.pruning.llm_pruner import text_config
 
     n_layers = text_config(vlm.llm).num_hidden_layers
@@ -159,40 +170,60 @@ def evaluate_items(vlm: Any, items: Sequence[tuple[int, Any]], settings: Sequenc
         pending = [(pos, it) for pos, it in items if (setting.label, pos) not in done]
         if not pending:
             continue
+        if prepare is not None:
+            prepare(setting)
         stage3 = install_pruning(vlm, setting.allocation, setting.prune_llm, seed=seed,
                                  stage1_method=setting.stage1_method, stage1_options=setting.stage1_options)
-        for batch in _chunks(pending, batch_size):
-            rows: list[dict[str, Any]] = []
-            ok: list[tuple[int, Any, Any]] = []
-            for pos, it in batch:
-                head = {"run": run_id, "pos": pos, "method": setting.method, "budget": setting.budget}
-                try:
-                    ok.append((pos, it, open_image(it.image)))
-                except Exception as exc:  # OSError, bad base64, decompression bomb: skip and count
-                    rows.append({**head, **it.record(), "skipped": f"{type(exc).__name__}: {exc}"})
-            if ok:
-                imgs = images_for(vlm, [im for _, _, im in ok])
-                prompts = [it.prompt if "<image>" in it.prompt else "<image>\n" + it.prompt for _, it, _ in ok]
-                t0 = time.perf_counter()
-                texts, inputs, vis, sess = vlm.generate(imgs, prompts, max_new_tokens=max_new_tokens, stage3=stage3,
-                                                        details=True)
-                dt = (time.perf_counter() - t0) / len(ok)
-                for b, (pos, it, _) in enumerate(ok):
-                    n_vis = inputs.visual_len[b]
-                    if sess is not None and sess.kept:
-                        layers = sorted(sess.kept)
-                        kept = [len(sess.kept[p][b]) for p in layers]
-                        s3 = {"layers": layers, "kept": kept,
-                              "layer_averaged": layer_averaged_tokens(n_vis, layers, kept, n_layers)}
-                    else:
-                        s3 = {"layers": [], "kept": [], "layer_averaged": float(n_vis)}
-                    rows.append({"run": run_id, "pos": pos, "method": setting.method, "budget": setting.budget,
-                                 **it.record(), "text": texts[b], "visual_tokens": n_vis,
-                                 "per_encoder": {k: v[b] for k, v in vis.per_encoder.items()}, "stage3": s3,
-                                 "seconds": round(dt, 4)})
-            rows.sort(key=lambda r: r["pos"])
-            sink(rows)
-            written += len(rows)
-            if progress is not None:
-                progress(len(batch))
+        try:
+            written += _evaluate_setting(vlm, setting, pending, stage3, sink=sink, run_id=run_id, batch_size=batch_size,
+                                         max_new_tokens=max_new_tokens, n_layers=n_layers, progress=progress)
+        finally:  # the next setting starts from the unpruned model
+            if stage3 is not None:
+                stage3.remove()
+            vlm.stage1 = vlm.stage2 = None
+    return written
+
+
+def _evaluate_setting(vlm: Any, setting: EvalSetting, pending: Sequence[tuple[int, Any]], stage3: Any, *,
+                      sink: Callable[[list[dict[str, Any]]], None], run_id: str, batch_size: int,
+                      max_new_tokens: int, n_layers: int, progress: Callable[[int], None] | None) -> int:
+    from meteor_cli.eval.benchmarks.base import open_image
+    from meteor_cli.pruning.schedule import layer_averaged_tokens
+
+    written = 0
+    for batch in _chunks(pending, batch_size):
+        rows: list[dict[str, Any]] = []
+        ok: list[tuple[int, Any, Any]] = []
+        for pos, it in batch:
+            head = {"run": run_id, "pos": pos, "method": setting.method, "budget": setting.budget,
+                    "setting": setting.label}
+            try:
+                ok.append((pos, it, open_image(it.image)))
+            except Exception as exc:  # OSError, bad base64, decompression bomb: skip and count
+                rows.append({**head, **it.record(), "skipped": f"{type(exc).__name__}: {exc}"})
+        if ok:
+            imgs = images_for(vlm, [im for _, _, im in ok])
+            prompts = [it.prompt if "<image>" in it.prompt else "<image>\n" + it.prompt for _, it, _ in ok]
+            t0 = time.perf_counter()
+            texts, inputs, vis, sess = vlm.generate(imgs, prompts, max_new_tokens=max_new_tokens, stage3=stage3,
+                                                    details=True)
+            dt = (time.perf_counter() - t0) / len(ok)
+            for b, (pos, it, _) in enumerate(ok):
+                n_vis = inputs.visual_len[b]
+                if sess is not None and sess.kept:
+                    layers = sorted(sess.kept)
+                    kept = [len(sess.kept[p][b]) for p in layers]
+                    s3 = {"layers": layers, "kept": kept,
+                          "layer_averaged": layer_averaged_tokens(n_vis, layers, kept, n_layers)}
+                else:
+                    s3 = {"layers": [], "kept": [], "layer_averaged": float(n_vis)}
+                rows.append({"run": run_id, "pos": pos, "method": setting.method, "budget": setting.budget,
+                             "setting": setting.label, **it.record(), "text": texts[b], "visual_tokens": n_vis,
+                             "per_encoder": {k: v[b] for k, v in vis.per_encoder.items()}, "stage3": s3,
+                             "seconds": round(dt, 4)})
+        rows.sort(key=lambda r: r["pos"])
+        sink(rows)
+        written += len(rows)
+        if progress is not None:
+            progress(len(batch))
     return written
