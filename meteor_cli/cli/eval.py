@@ -308,9 +308,14 @@ def _method_settings(model: str, method: str, budget: float | None, visual_token
     if prune_llm is not None and "meteor" not in names:
         raise UsageError("with --method, --prune-llm is the Stage-3 settings of meteor, which --method does not name",
                          "add meteor to --method, or drop --prune-llm")
+    no_budget = budget is None and visual_tokens is None and sweep is None
+    if names == ["unpruned"] and no_budget:  # any model, no budget to solve for
+        from meteor_cli.eval.runner import EvalSetting
+
+        return [EvalSetting("unpruned")], None
     shape = model_shape(model)
-    budgets = ([] if budget is None and visual_tokens is None and sweep is None
-               else parse_budgets(shape.visual_tokens, budget=budget, visual_tokens=visual_tokens, sweep=sweep))
+    budgets = [] if no_budget else parse_budgets(shape.visual_tokens, budget=budget, visual_tokens=visual_tokens,
+                                                 sweep=sweep)
     opts: dict[str, Any] | None = None
     if stage1_option:
         from meteor_cli.eval.methods import STAGE1_METHODS, policy_stage
