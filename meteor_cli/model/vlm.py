@@ -147,7 +147,9 @@ class MultiEncoderVLM(nn.Module):
             from meteor_cli.pruning.positions import select_positions
 
             widths = [self.encoders[n].width for n in states]
-            res = select_positions(self.stage2, fused, torch.stack(covered, 1), widths, self.projectors["fused"][0].weight)
+            # `meteor flops --count fvcore` wraps the hook in a marker and keeps the policy in _flops_stage2
+            policy = self.__dict__.get("_flops_stage2") or self.stage2
+            res = select_positions(policy, fused, torch.stack(covered, 1), widths, self.projectors["fused"][0].weight)
             if res is not None:
                 pos = res.indices
                 fused = torch.gather(fused, 1, pos.unsqueeze(-1).expand(-1, -1, fused.shape[-1]))

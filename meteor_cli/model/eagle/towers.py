@@ -45,6 +45,7 @@ fills from the checkpoint's tensor shapes); settings a config field does not cov
 
 from __future__ import annotations
 
+import math
 from functools import partial
 from typing import Any
 
@@ -284,7 +285,7 @@ class EagleDet(EagleTower, EVA02Adapter):
         x = net.patch_embed.proj(pixels).permute(0, 2, 3, 1)  # (B, G, G, D)
         G = x.shape[1]
         table = net.pos_embed[:, 1:]
-        p = int(round(table.shape[1] ** 0.5))
+        p = math.isqrt(int(table.shape[1]))  # int(): a plain number also under jit tracing (fvcore)
         if p != G:
             table = nn.functional.interpolate(table.reshape(1, p, p, -1).permute(0, 3, 1, 2).float(), size=(G, G),
                                               mode="bicubic", align_corners=False).to(table.dtype).permute(0, 2, 3, 1)
