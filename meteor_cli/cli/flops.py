@@ -22,6 +22,13 @@ counts (in MACs: fvcore counts one multiply-add as one flop), with the relative 
 which fvcore does not count, gets a handle (:data:`meteor_cli.flops.SDPA_NOTE`); fvcore's norms and
 pooling, and the pruning policies' own scoring, are reported apart (the analytic count has neither).
 Models whose unpruned prefill exceeds :data:`FVCORE_MAX_MACS` are refused (use ``--count analytic``).
+
+A transformers VLM directory (LLaVA-1.5, LLaVA-NeXT, Qwen2-VL) is counted by
+:mod:`meteor_cli.model.hf_vlm.flops` on the meta device (no weights read), for one image of
+``--image-size``; Stage 3 from ``--prune-llm`` as above (``--allocation`` and ``--count fvcore``
+are refused for them)::
+
+    meteor flops --model llava-v1.6-vicuna-7b-hf/ --image-size 1024x768 --prune-llm fixed-64.json
 """
 
 from __future__ import annotations
@@ -197,15 +204,27 @@ def main(
     new_tokens: Annotated[int, typer.Option("--new-tokens", min=0, help="Generated tokens (decode cost).")] = 0,
     stage3_kept: Annotated[str | None, typer.Option(
         "--stage3-kept", help="Expected visual tokens kept after each Stage-3 layer, comma-separated.")] = None,
+    image_size: Annotated[str | None, typer.Option(
+        "--image-size", help="transformers VLMs only: the image (N or WxH pixels) whose visual tokens are counted "
+                             "(LLaVA-NeXT tiles and Qwen2-VL resizing depend on it); default: the tower's tile "
+                             "(Qwen2-VL: 448).")] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Output flops artifact (`-` = stdout).")] = None,
     run: Run = None,  # type: ignore[assignment]
 ) -> None:
     """Count FLOPs per component of the pruned and unpruned model, stating the convention."""
     from meteor_cli.artifacts import input_ref, make_artifact, read_artifact, write_artifact
     from meteor_cli.model.checkpoint import load_model_config
+    from meteor_cli.model.hf_vlm import family_of
 
     if model is None:
         raise UsageError("--model is required", "e.g. --model tiny")
+    if family_of(model) is not None:
+        hf_vlm_flops(model, allocation, prune_llm, convention, count_with, text_tokens, new_tokens, stage3_kept,
+                     image_size, out, run)
+        return
+    if image_size is not None:
+        raise UsageError("--image-size applies to transformers VLM directories (LLaVA, LLaVA-NeXT, Qwen2-VL)",
+                         "a meteor model's image size is fixed by its encoders' configs: drop --image-size")
     cfg = load_model_config(model).validate()
     alloc = read_artifact(allocation, "meteor.allocation", what="--allocation").body if allocation else None
     if alloc is not None:
@@ -259,5 +278,54 @@ def main(
             typer.echo("  pruning scoring (not in the analytic count): " + ", ".join(
                 f"{k} {v / 1e9:.4f}" for k, v in fv["pruning_scoring"].items()))
             typer.echo(f"  SDPA: {fv['sdpa']}")
+
+    run.emit(body, human, stdout_used=out is not None and str(out) == "-")
+
+
+def parse_kept(stage3_kept: str | None) -> list[float] | None:
+    """``--stage3-kept`` as numbers."""
+    try:
+        return [float(x) for x in stage3_kept.split(",")] if stage3_kept else None
+    except ValueError:
+        raise UsageError(f"--stage3-kept {stage3_kept!r} must be comma-separated numbers", "e.g. --stage3-kept 50,20") from None
+
+
+def hf_vlm_flops(model: str, allocation: Path | None, prune_llm: Path | None, convention: Convention, count_with: Count,
+                 text_tokens: int, new_tokens: int, stage3_kept: str | None, image_size: str | None, out: Path | None,
+                 run: Run) -> None:
+    """``meteor flops`` on a transformers VLM directory: the analytic count on the meta device (no
+    weights read; :mod:`meteor_cli.model.hf_vlm.flops`), Stage 3 as for meteor's models."""
+    from meteor_cli.artifacts import make_artifact, read_artifact, write_artifact
+    from meteor_cli.model.hf_vlm.flops import count_hf_vlm, parse_image_size
+
+    if allocation is not None:
+        raise UsageError(f"--allocation (Stages 1-2) is not available for the transformers VLM {model}",
+                         "count Stage 3 with --prune-llm; Stage 1 on these towers is not implemented yet")
+    if count_with is not Count.analytic:
+        raise UsageError(f"--count {count_with.value} runs meteor's own forward; {model} is counted analytically only",
+                         "use --count analytic (the default)")
+    size = parse_image_size(image_size)
+    s3 = read_artifact(prune_llm, "meteor.prune-llm", what="--prune-llm").body if prune_llm else None
+    kept = parse_kept(stage3_kept)
+    body = count_hf_vlm(model, size, s3, convention.value, text_tokens, new_tokens, kept)
+    unpruned = count_hf_vlm(model, size, None, convention.value, text_tokens, new_tokens, None)
+    body["unpruned_total"] = unpruned["total"]
+    body["ratio"] = body["total"] / unpruned["total"]
+    if out is not None:
+        write_artifact(out, make_artifact("meteor.flops", body, inputs=[p for p in (prune_llm,) if p is not None]))
+
+    def human() -> None:
+        unit = "MACs" if convention is not Convention.flops else "FLOPs"
+        img, vis = body["image"], body["visual_tokens"]
+        typer.echo(f"{body['model']['hf_class']} (meta device, no weights read), image {img['size'][0]}x{img['size'][1]}"
+                   f"{' (default)' if img['default'] else ''}: {vis['into_llm']} visual tokens, tower {img['tower_passes']} "
+                   f"pass(es) of {img['tower_tokens']} tokens")
+        typer.echo(f"convention {convention.value}: {body['formula']}")
+        for k, v in body["components"].items():
+            typer.echo(f"  {k:<22} {v / 1e9:12.4f} G{unit}")
+        typer.echo(f"  {'total':<22} {body['total'] / 1e9:12.4f} G{unit}  ({body['ratio']:.1%} of unpruned "
+                   f"{body['unpruned_total'] / 1e9:.4f}); layer-averaged visual tokens {vis['layer_averaged']:.1f}")
+        if vis["stage3_source"]:
+            typer.echo(f"  Stage-3 kept counts: {vis['stage3_source']}")
 
     run.emit(body, human, stdout_used=out is not None and str(out) == "-")

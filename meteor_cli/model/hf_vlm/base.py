@@ -166,6 +166,28 @@ class HFVisionLanguageModel(nn.Module):
                 "parameters": sum(p.numel() for p in hf.parameters()),
                 "chat_template": bool(template)}
 
+    # -- counting (meteor flops; see meteor_cli.model.hf_vlm.flops) --------------------------
+
+    @classmethod
+    def default_image_size(cls, config: Any) -> tuple[int, int]:
+        """The image size (W, H) ``meteor flops`` counts when ``--image-size`` is not given: the tower's tile."""
+        side = int(config.vision_config.image_size)
+        return side, side
+
+    @classmethod
+    def visual_geometry(cls, config: Any, image_processor: dict[str, Any], processor: dict[str, Any],
+                        size: tuple[int, int]) -> Any:
+        """The :class:`~meteor_cli.model.hf_vlm.flops.VisualGeometry` of one W×H image (from the
+        model config and the saved processor settings; nothing is run)."""
+        raise UsageError(f"meteor flops has no visual-token count for {cls.hf_class}",
+                         "a family module implements visual_geometry() and vision_parts() to be counted")
+
+    @classmethod
+    def vision_parts(cls, hf: nn.Module) -> tuple[nn.Module, list[nn.Module], nn.Module, int]:
+        """(patch embedding, tower blocks the model runs, projector, attention width) of a (meta) model."""
+        raise UsageError(f"meteor flops has no vision-tower count for {cls.hf_class}",
+                         "a family module implements visual_geometry() and vision_parts() to be counted")
+
     # -- inputs ------------------------------------------------------------------------------
 
     def chat_text(self, prompt: str) -> str:

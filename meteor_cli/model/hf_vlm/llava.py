@@ -7,8 +7,33 @@ LLaVA-1.5-7B at 336 px. Those tokens are one contiguous span: the visual span St
 
 from __future__ import annotations
 
+from typing import Any
+
+from torch import nn
+
 from meteor_cli.model.hf_vlm.base import HFVisionLanguageModel
 from meteor_cli.registry import register_model_family
+
+
+def tile_size(config: Any, image_processor: dict[str, Any]) -> tuple[int, int]:
+    """(height, width) of what the tower sees: the processor's ``crop_size``, else the tower's ``image_size``."""
+    crop = image_processor.get("crop_size")
+    if isinstance(crop, dict) and "height" in crop and "width" in crop:
+        return int(crop["height"]), int(crop["width"])
+    side = int(config.vision_config.image_size)
+    return side, side
+
+
+def tower_prefix(config: Any) -> int:
+    """Tokens the tower adds before the patches: 1 (CLS) for CLIP, 0 for SigLIP-like towers."""
+    return 1 if getattr(config.vision_config, "model_type", "") == "clip_vision_model" else 0
+
+
+def clip_parts(hf: nn.Module) -> tuple[nn.Module, list[nn.Module], nn.Module, int]:
+    """Patch embedding, encoder layers, projector and attention width of a LLaVA-style model."""
+    tower = hf.model.vision_tower
+    vc = hf.config.vision_config
+    return tower.embeddings, list(tower.encoder.layers), hf.model.multi_modal_projector, int(vc.hidden_size)
 
 
 @register_model_family("llava", description="LLaVA-1.5: LlavaForConditionalGeneration (CLIP tower + MLP + Llama)")
@@ -16,3 +41,24 @@ class Llava(HFVisionLanguageModel):
     """LLaVA-1.5 from a local transformers directory."""
 
     hf_class = "LlavaForConditionalGeneration"
+
+    @classmethod
+    def visual_geometry(cls, config: Any, image_processor: dict[str, Any], processor: dict[str, Any],
+                        size: tuple[int, int]) -> Any:
+        """Resize + centre crop to the tile: ``(tile/patch)²`` tokens whatever the image size."""
+        from meteor_cli.model.hf_vlm.flops import VisualGeometry
+
+        th, tw = tile_size(config, image_processor)
+        p = int(config.vision_config.patch_size)
+        patches = (th // p) * (tw // p)
+        prefix = tower_prefix(config)
+        tokens = patches + (prefix if config.vision_feature_select_strategy == "full" else 0)
+        return VisualGeometry(tokens, 1, patches + prefix, patches, tokens,
+                              {"tile": [tw, th], "patch": p, "grid": [tw // p, th // p],
+                               "feature_layer": config.vision_feature_layer,
+                               "select_strategy": config.vision_feature_select_strategy,
+                               "rule": "resized and centre-cropped to the tile: independent of the image size"})
+
+    @classmethod
+    def vision_parts(cls, hf: nn.Module) -> tuple[nn.Module, list[nn.Module], nn.Module, int]:
+        return clip_parts(hf)

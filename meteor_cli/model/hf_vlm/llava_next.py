@@ -9,8 +9,23 @@ give spans of different lengths in one batch; left padding aligns them.
 
 from __future__ import annotations
 
+from typing import Any
+
+from torch import nn
+
 from meteor_cli.model.hf_vlm.base import HFVisionLanguageModel
+from meteor_cli.model.hf_vlm.llava import clip_parts, tile_size, tower_prefix
 from meteor_cli.registry import register_model_family
+
+
+def unpadded_grid(orig_h: int, orig_w: int, grid_h: int, grid_w: int) -> tuple[int, int]:
+    """The feature grid left after removing the aspect-ratio padding from a ``grid_h × grid_w``
+    tile grid for an ``orig_h × orig_w`` image (LLaVA-NeXT's ``unpad_image``, on counts)."""
+    if orig_w / orig_h > grid_w / grid_h:
+        new_h = int(round(orig_h * (grid_w / orig_w), 7))
+        return grid_h - 2 * ((grid_h - new_h) // 2), grid_w
+    new_w = int(round(orig_w * (grid_h / orig_h), 7))
+    return grid_h, grid_w - 2 * ((grid_w - new_w) // 2)
 
 
 @register_model_family("llava_next", description="LLaVA-NeXT: LlavaNextForConditionalGeneration (anyres CLIP tiles)")
@@ -18,3 +33,35 @@ class LlavaNext(HFVisionLanguageModel):
     """LLaVA-NeXT (LLaVA-1.6) from a local transformers directory."""
 
     hf_class = "LlavaNextForConditionalGeneration"
+
+    @classmethod
+    def visual_geometry(cls, config: Any, image_processor: dict[str, Any], processor: dict[str, Any],
+                        size: tuple[int, int]) -> Any:
+        """Base tile + the best pinpoint's ``sh × sw`` tiles; the LLM gets the base tile's features,
+        the unpadded grid ``h' × w'`` and ``h'`` newline tokens."""
+        from transformers.image_processing_utils import select_best_resolution
+
+        from meteor_cli.model.hf_vlm.flops import VisualGeometry
+
+        w, h = size
+        th, tw = tile_size(config, image_processor)
+        p = int(config.vision_config.patch_size)
+        pinpoints = image_processor.get("image_grid_pinpoints") or config.image_grid_pinpoints
+        best_h, best_w = select_best_resolution((h, w), pinpoints)
+        sh, sw = best_h // th, best_w // tw
+        ph, pw = th // p, tw // p
+        uh, uw = unpadded_grid(h, w, ph * sh, pw * sw)
+        prefix = tower_prefix(config)
+        full = config.vision_feature_select_strategy == "full"
+        per_tile = ph * pw + (prefix if full else 0)
+        tokens = uh * uw + uh + per_tile
+        return VisualGeometry(tokens, 1 + sh * sw, ph * pw + prefix, ph * pw, (1 + sh * sw) * per_tile,
+                              {"tile": [tw, th], "patch": p, "best_resolution": [best_w, best_h], "tiles": [sw, sh],
+                               "base_tokens": per_tile, "unpadded_grid": [uw, uh], "newline_tokens": uh,
+                               "feature_layer": config.vision_feature_layer,
+                               "select_strategy": config.vision_feature_select_strategy,
+                               "rule": "base tile + unpadded anyres grid + one newline per row"})
+
+    @classmethod
+    def vision_parts(cls, hf: nn.Module) -> tuple[nn.Module, list[nn.Module], nn.Module, int]:
+        return clip_parts(hf)

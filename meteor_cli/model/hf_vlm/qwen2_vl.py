@@ -9,8 +9,24 @@ so a kept patch keeps its place in the image grid and the text after the image k
 
 from __future__ import annotations
 
+from typing import Any
+
+from torch import nn
+
 from meteor_cli.model.hf_vlm.base import HFVisionLanguageModel
 from meteor_cli.registry import register_model_family
+
+#: transformers' Qwen2-VL image-processor defaults (used when the directory saves no limits).
+DEFAULT_MIN_PIXELS = 56 * 56
+DEFAULT_MAX_PIXELS = 28 * 28 * 1280
+
+
+def pixel_limits(image_processor: dict[str, Any]) -> tuple[int, int]:
+    """(min_pixels, max_pixels) of a saved Qwen2-VL image processor (``size`` or the older keys)."""
+    size = image_processor.get("size") or {}
+    lo = image_processor.get("min_pixels") or size.get("shortest_edge") or size.get("min_pixels") or DEFAULT_MIN_PIXELS
+    hi = image_processor.get("max_pixels") or size.get("longest_edge") or size.get("max_pixels") or DEFAULT_MAX_PIXELS
+    return int(lo), int(hi)
 
 
 @register_model_family("qwen2_vl", description="Qwen2-VL: Qwen2VLForConditionalGeneration (M-RoPE positions kept)")
@@ -18,3 +34,35 @@ class Qwen2VL(HFVisionLanguageModel):
     """Qwen2-VL from a local transformers directory."""
 
     hf_class = "Qwen2VLForConditionalGeneration"
+
+    @classmethod
+    def default_image_size(cls, config: Any) -> tuple[int, int]:
+        """448×448 (Qwen2-VL has no fixed tile; the processor's pixel limits still apply)."""
+        return 448, 448
+
+    @classmethod
+    def visual_geometry(cls, config: Any, image_processor: dict[str, Any], processor: dict[str, Any],
+                        size: tuple[int, int]) -> Any:
+        """``smart_resize`` to ``gh × gw`` patches; the merger turns each merge×merge block into one token."""
+        from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+
+        from meteor_cli.model.hf_vlm.flops import VisualGeometry
+
+        vc = config.vision_config
+        p = int(image_processor.get("patch_size") or vc.patch_size)
+        m = int(image_processor.get("merge_size") or vc.spatial_merge_size)
+        lo, hi = pixel_limits(image_processor)
+        w, h = size
+        rh, rw = smart_resize(h, w, factor=p * m, min_pixels=lo, max_pixels=hi)
+        patches = (rh // p) * (rw // p)
+        tokens = patches // (m * m)
+        return VisualGeometry(tokens, 1, patches, patches, tokens,
+                              {"resized": [rw, rh], "patch": p, "merge": m, "grid": [rw // p, rh // p],
+                               "min_pixels": lo, "max_pixels": hi,
+                               "rule": "smart_resize to multiples of patch*merge within [min_pixels, max_pixels]; "
+                                       "patches / merge^2"})
+
+    @classmethod
+    def vision_parts(cls, hf: nn.Module) -> tuple[nn.Module, list[nn.Module], nn.Module, int]:
+        visual = hf.model.visual
+        return visual.patch_embed, list(visual.blocks), visual.merger, int(hf.config.vision_config.embed_dim)
