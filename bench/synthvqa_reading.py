@@ -4,11 +4,12 @@
     python bench/synthvqa_reading.py --model tiny-synthvqa --data runs/synthvqa --out runs/reading
 
 For the OCR questions of a SynthVQA evaluation set, asks the full read and the training set's
-reading sub-questions (first, second and last character, length) each as a single first-turn
-question, through ``meteor eval``, and prints per question kind and text type (word, number):
-accuracy, how many distinct answers the model gave, and its most frequent answer with its share.
-A model that does not look at the glyphs answers one constant per question (its answer prior:
-"s u n" for every word); one that reads gives as many distinct answers as there are texts.
+reading sub-questions (first, second and last character, length; no "second" for one glyph) each
+as a single first-turn question, through ``meteor eval``, and prints per question kind and text
+type (word, number; len1-len3 for ``--ocr-style large``): accuracy, how many distinct answers
+the model gave, and its most frequent answer with its share. A model that does not look at the
+glyphs answers one constant per question (its answer prior: "s u n" for every word); one that
+reads gives as many distinct answers as there are texts.
 Writes ``OUT/report.json``.
 """
 
@@ -23,7 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from meteor_cli.data.synthvqa import READING_KINDS, SHORT_ANSWER, make_item, reading_question  # noqa: E402
+from meteor_cli.data.synthvqa import (  # noqa: E402
+    READING_KINDS, SHORT_ANSWER, config_from_manifest, make_item, reading_kinds, reading_question)
 
 KINDS = ("full", *READING_KINDS)  # "full": the evaluation's own question
 
@@ -33,12 +35,13 @@ def build(data: Path, out: Path, limit: int) -> int:
     manifest = json.loads((data / "synthvqa.json").read_text())
     questions = [json.loads(x) for x in (data / "eval" / "questions.jsonl").read_text().splitlines()]
     ocr = [q for q in questions if q["category"] == "ocr"][:limit]
+    cfg = config_from_manifest(manifest)  # OCR-only sets and every --ocr-style regenerate their own texts
     qs, ans = [], []
     for q in ocr:
         index = int(q["question_id"].rsplit("-", 1)[1])
-        item = make_item(manifest["seed"], "eval", index)
+        item = make_item(manifest["seed"], "eval", index, cfg)
         text = item.meta["text"]
-        for kind in KINDS:
+        for kind in ("full", *reading_kinds(text)):  # one-glyph texts (--ocr-style large) have no "second"
             question, answer = (item.question, item.answer) if kind == "full" else reading_question(text, kind)
             sub = f"{kind}/{item.subcategory}"
             qid = f"{q['question_id']}/{kind}"

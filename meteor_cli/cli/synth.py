@@ -29,8 +29,10 @@ def main(
     turns: Annotated[int, typer.Option(
         "--turns", min=1, help="Questions per training image (a multi-turn conversation); evaluation stays single.")] = 1,
     ocr_style: Annotated[str, typer.Option(
-        "--ocr-style", help="How OCR text is drawn: cells (generator v3: one glyph per 16-px cell of an 8x8 grid) "
-        "or free (v2: small text anywhere).")] = "cells",
+        "--ocr-style", help="How OCR text is drawn: cells (generator v3: a word or number, one glyph per 16-px cell "
+        "of an 8x8 grid), free (v2: small text anywhere) or large (v4: 1-3 bold glyphs of >= 20 px from digits and "
+        "ten capitals, one per 32-px cell of a 4x4 grid, asked \"What is written in the image?\"; sized for "
+        "the tiny presets, see docs/synthvqa.md). Other families are the same in every style.")] = "cells",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --out if it exists.")] = False,
     run: Run = None,  # type: ignore[assignment]
 ) -> None:

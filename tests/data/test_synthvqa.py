@@ -201,7 +201,7 @@ def test_ocr_cells_one_glyph_per_grid_cell_and_deterministic():
     """Generator v3: each OCR glyph sits in its own cell of an 8x8 grid, on one row, on a plain band."""
     import numpy as np
 
-    assert S.GENERATOR_VERSION == 3
+    assert S.GENERATOR_VERSION == 4  # v4 added the large style; cells draws what v3 drew
     seen = 0
     for i in range(2, 80, 4):  # eval indices 2, 6, ... are ocr
         item = S.make_item(7, "eval", i)
@@ -233,4 +233,4 @@ def test_ocr_free_style_reproduces_generator_v2_images():
 def test_synth_records_the_generator_version_and_ocr_style(cli):
     res = cli("synth", "--out", "v2", "--train", "0", "--eval", "4", "--ocr-style", "free", "-q", "--json")
     manifest = json.loads(res.stdout)
-    assert manifest["generator_version"] == 3 and manifest["config"]["ocr_style"] == "free"
+    assert manifest["generator_version"] == 4 and manifest["config"]["ocr_style"] == "free"
