@@ -12,7 +12,9 @@ family           stands for                      questions
 ``hallucination``POPE-like yes/no existence      "Is there a red circle in the image?", half yes;
                                                  negatives ``random`` / ``popular`` /
                                                  ``adversarial`` as POPE builds them (below)
-``ocr``          TextVQA/DocVQA-like             a short word or number printed small in clutter
+``ocr``          TextVQA/DocVQA-like             a short word or number printed small in clutter;
+                                                 ``ocr_style="large"``: 1-3 bold glyphs (digits and
+                                                 ten capitals), one per cell of a 4×4 grid
 ``chart``        ChartQA-like                    value of a bar, tallest bar, comparisons
 ===============  ==============================  ==================================================
 
