@@ -70,6 +70,9 @@ class KeptTrace:
 
     grids: dict[str, tuple[int, int]]  # name → (rows, columns)
     panels: list[Panel] = field(default_factory=list)
+    #: grid name → the part of the image it covers, as fractions (x0, y0, x1, y1) (a centre crop);
+    #: a grid not named covers the whole image.
+    crops: dict[str, tuple[float, float, float, float]] = field(default_factory=dict)
 
     def columns(self) -> list[str]:
         """Stage keys in the order they happen (panels' first appearance)."""
@@ -250,7 +253,12 @@ def render_kept(image: Any, trace: KeptTrace) -> Any:
     for p, box in zip(trace.panels, boxes):
         x0, y0, x1, y1 = box["box"]
         if p.grid not in base_cache:
-            base = rgb.resize((x1 - x0, y1 - y0), Image.BILINEAR)
+            src = rgb
+            if p.grid in trace.crops:
+                fx0, fy0, fx1, fy1 = trace.crops[p.grid]
+                src = rgb.crop((round(fx0 * rgb.width), round(fy0 * rgb.height), round(fx1 * rgb.width),
+                                round(fy1 * rgb.height)))
+            base = src.resize((x1 - x0, y1 - y0), Image.BILINEAR)
             base_cache[p.grid] = (base, Image.eval(base, lambda v: int(v * DIM)))
         base, dim = base_cache[p.grid]
         gh, gw = box["grid"]

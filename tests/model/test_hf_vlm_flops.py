@@ -15,10 +15,9 @@ SIZES = [(32, 32), (112, 84), (56, 112), (50, 40), (300, 90), (20, 200)]
 PLACEHOLDER = {"llava": "<image>", "llava_next": "<image>", "qwen2_vl": "<|vision_start|><|image_pad|><|vision_end|>"}
 
 
-@pytest.fixture(scope="module")
-def dirs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("hfvlm_flops")
-    return {name: build(root / name) for name, build in BUILDERS.items()}
+@pytest.fixture
+def dirs(hf_vlm_dirs):
+    return hf_vlm_dirs
 
 
 @pytest.mark.parametrize("family", list(BUILDERS))

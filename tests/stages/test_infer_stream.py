@@ -163,8 +163,8 @@ def test_stream_is_flushed_per_line(tmp_path):
 
 
 def test_a_transformers_vlm_streams_too(cli, tmp_path):
-    """A transformers VLM (LLaVA in miniature) answers the same stream with its Stage-3 counts; it
-    reports no kept positions yet, so --visualize is refused up front."""
+    """A transformers VLM (LLaVA in miniature) answers the same stream with its Stage-3 counts, and
+    --visualize draws its kept patches (tests/model/test_hf_vlm_visualize.py checks the panels)."""
     import importlib.util
 
     path = Path(__file__).resolve().parents[1] / "model" / "hf_vlm_builders.py"
@@ -183,7 +183,11 @@ def test_a_transformers_vlm_streams_too(cli, tmp_path):
     assert res.exit_code == ExitCode.PARTIAL, res.output
     a, b = (json.loads(x) for x in res.stdout.splitlines())
     assert a["metadata"]["stage3"]["kept"] == [3, 2] and a["metadata"]["visual_tokens"] == 16
-    assert a["metadata"]["stage1"] == {} and a["metadata"]["timing"]["prefill_s"] > 0
+    assert a["metadata"]["stage1"] == {"vision": {"blocks": [], "kept": [], "native": 16}}  # no Stage 1 on the tower
+    assert a["metadata"]["timing"]["prefill_s"] > 0
     assert b["question_id"] == "b" and "cannot read image" in b["error"]
     res = cli(*args, "--visualize", "viz", input=_lines({"question_id": "a", "image": "noise.png", "text": "x"}))
-    assert res.exit_code == ExitCode.USAGE and "kept_recorder" in res.stderr and not (tmp_path / "viz").exists()
+    assert res.exit_code == 0, res.output
+    panels = read_panels(tmp_path / json.loads(res.stdout)["visualization"])
+    assert [(p["stage"], p["kept"], p["total"]) for p in panels] == [("input", 16, 16), ("stage3/1", 3, 16),
+                                                                      ("stage3/3", 2, 16)]

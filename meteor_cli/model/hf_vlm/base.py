@@ -60,9 +60,80 @@ class HFInputs:
 
 @dataclass
 class VisionSummary:
-    """Visual tokens per sample, in the shape ``run_questions`` reports (one encoder: the tower)."""
+    """Visual tokens per sample, in the shape ``run_questions`` reports (one encoder: the tower).
+
+    ``inputs`` (the processed batch) and ``image_sizes`` ((W, H) per sample) let
+    :class:`HFKeptRecorder` place each visual token on its image grid.
+    """
 
     per_encoder: dict[str, list[int]] = field(default_factory=dict)
+    inputs: HFInputs | None = field(default=None, repr=False)
+    image_sizes: list[tuple[int, int]] = field(default_factory=list)
+
+
+#: Where each token of one sample's visual span sits: (grid name, raster position), or None for a
+#: token on no grid (LLaVA-NeXT's ``image_newline``).
+TokenOwners = list[tuple[str, int] | None]
+
+
+@dataclass
+class TokenLayout:
+    """The grids of one sample's visual span and the owner of every span token.
+
+    Attributes:
+        grids: grid name → (rows, columns).
+        owners: one entry per span token, in span order (:data:`TokenOwners`).
+        crops: grid name → the part of the image the grid covers, as fractions (x0, y0, x1, y1)
+            (LLaVA-1.5's centre crop); grids not named cover the whole image.
+    """
+
+    grids: dict[str, tuple[int, int]]
+    owners: TokenOwners
+    crops: dict[str, tuple[float, float, float, float]] = field(default_factory=dict)
+
+
+class HFKeptRecorder:
+    """:func:`meteor_cli.visualize.recorder_for`'s recorder for a transformers VLM.
+
+    These models have no Stage 1 or 2, so nothing is hooked: entering and leaving do nothing, and
+    :meth:`traces` reads the batch kept on the :class:`VisionSummary` and the Stage-3 session's kept
+    indices (chained layer after layer, as for meteor's models). Each sample's trace has an
+    ``input`` panel (every visual token on its grid) and one panel per Stage-3 layer and grid.
+    """
+
+    def __init__(self, vlm: HFVisionLanguageModel) -> None:
+        self.vlm = vlm
+
+    def __enter__(self) -> HFKeptRecorder:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+    def traces(self, vis: VisionSummary, sess: Any = None) -> list[Any]:
+        """One :class:`~meteor_cli.visualize.KeptTrace` per sample of the last ``generate``."""
+        from meteor_cli.visualize import KeptTrace, Panel
+
+        if vis.inputs is None:
+            raise UsageError("no processed batch to trace", "call generate(..., details=True) inside the recorder")
+        out = []
+        for b, n in enumerate(vis.inputs.visual_len):
+            lay = self.vlm.token_layout(vis.inputs, b, vis.image_sizes[b] if b < len(vis.image_sizes) else None)
+            if len(lay.owners) != n:
+                raise InvalidInputError(f"sample {b}: the layout places {len(lay.owners)} visual tokens but the "
+                                        f"span has {n}", "the processor and the model config disagree; re-save them together")
+            names = list(lay.grids)
+
+            def on(grid: str, idx: list[int], _owners: TokenOwners = lay.owners) -> list[int]:
+                return sorted(o[1] for i in idx if (o := _owners[i]) is not None and o[0] == grid)
+
+            current = list(range(n))
+            panels = [Panel(g, "input", "input", on(g, current)) for g in names]
+            for layer in sorted(sess.kept) if sess is not None and sess.kept else []:
+                current = [current[int(i)] for i in sess.kept[layer][b].tolist()]
+                panels += [Panel(g, f"stage3/{layer}", f"S3 L{layer}", on(g, current), int(layer)) for g in names]
+            out.append(KeptTrace(dict(lay.grids), panels, crops=dict(lay.crops)))
+        return out
 
 
 class HFVisionLanguageModel(nn.Module):
@@ -235,7 +306,20 @@ class HFVisionLanguageModel(nn.Module):
         mask = feats["attention_mask"]
         starts, lens = self.visual_spans(feats["input_ids"], mask)
         L = feats["input_ids"].shape[1]
-        return HFInputs(feats, mask, starts, lens, [L] * len(lens)), VisionSummary({self.tower: list(lens)})
+        inputs = HFInputs(feats, mask, starts, lens, [L] * len(lens))
+        sizes = [tuple(int(x) for x in im.size) for im in images if hasattr(im, "size") and not callable(im.size)]
+        return inputs, VisionSummary({self.tower: list(lens)}, inputs, sizes)  # type: ignore[arg-type]
+
+    # -- where the visual tokens sit (meteor infer --visualize) ------------------------------
+
+    def kept_recorder(self) -> HFKeptRecorder:
+        """The recorder ``meteor infer --visualize`` uses (:func:`meteor_cli.visualize.recorder_for`)."""
+        return HFKeptRecorder(self)
+
+    def token_layout(self, inputs: HFInputs, b: int, image_size: tuple[int, int] | None) -> TokenLayout:
+        """The grids of sample ``b``'s visual span (``image_size``: its original (W, H))."""
+        raise UsageError(f"{self.hf_class} cannot place its visual tokens on an image grid",
+                         "a family module implements token_layout() for --visualize")
 
     # -- running -----------------------------------------------------------------------------
 
@@ -286,4 +370,5 @@ def read_hf_config(directory: str | Path) -> dict[str, Any] | None:
     return data
 
 
-__all__ = ["HFInputs", "HFVisionLanguageModel", "VisionSummary", "read_hf_config"]
+__all__ = ["HFInputs", "HFKeptRecorder", "HFVisionLanguageModel", "TokenLayout", "TokenOwners", "VisionSummary",
+           "read_hf_config"]

@@ -11,7 +11,7 @@ from typing import Any
 
 from torch import nn
 
-from meteor_cli.model.hf_vlm.base import HFVisionLanguageModel
+from meteor_cli.model.hf_vlm.base import HFInputs, HFVisionLanguageModel, TokenLayout
 from meteor_cli.registry import register_model_family
 
 
@@ -27,6 +27,31 @@ def tile_size(config: Any, image_processor: dict[str, Any]) -> tuple[int, int]:
 def tower_prefix(config: Any) -> int:
     """Tokens the tower adds before the patches: 1 (CLS) for CLIP, 0 for SigLIP-like towers."""
     return 1 if getattr(config.vision_config, "model_type", "") == "clip_vision_model" else 0
+
+
+def saved_image_processor(processor: Any) -> dict[str, Any]:
+    """The settings of a loaded image processor that the counts read (crop size, pinpoints, pixel limits)."""
+    ip = processor.image_processor
+    keys = ("crop_size", "size", "do_center_crop", "image_grid_pinpoints", "patch_size", "merge_size", "min_pixels",
+            "max_pixels")
+    out = {}
+    for k in keys:
+        v = getattr(ip, k, None)
+        if v is not None:
+            out[k] = dict(v) if hasattr(v, "keys") else v
+    return out
+
+
+def centre_crop(image_processor: dict[str, Any], image_size: tuple[int, int] | None) -> tuple[float, float, float, float] | None:
+    """The part (fractions x0, y0, x1, y1) of a W×H image that CLIP's resize-shortest-edge + centre crop keeps."""
+    crop, size = image_processor.get("crop_size"), image_processor.get("size") or {}
+    if image_size is None or not image_processor.get("do_center_crop") or not isinstance(crop, dict) \
+            or "shortest_edge" not in size:
+        return None
+    w, h = image_size
+    scale = int(size["shortest_edge"]) / min(w, h)
+    fx, fy = min(1.0, int(crop["width"]) / (w * scale)), min(1.0, int(crop["height"]) / (h * scale))
+    return (1 - fx) / 2, (1 - fy) / 2, (1 + fx) / 2, (1 + fy) / 2
 
 
 def clip_parts(hf: nn.Module) -> tuple[nn.Module, list[nn.Module], nn.Module, int]:
@@ -62,3 +87,14 @@ class Llava(HFVisionLanguageModel):
     @classmethod
     def vision_parts(cls, hf: nn.Module) -> tuple[nn.Module, list[nn.Module], nn.Module, int]:
         return clip_parts(hf)
+
+    def token_layout(self, inputs: HFInputs, b: int, image_size: tuple[int, int] | None) -> TokenLayout:
+        """One grid, ``(tile/patch)²`` tokens in raster order (a CLS first under ``full``), over the centre crop."""
+        ip = saved_image_processor(self.processor)
+        geo = self.visual_geometry(self.hf.config, ip, {}, image_size or (1, 1))
+        gw, gh = geo.detail["grid"]
+        owners: list[tuple[str, int] | None] = [(self.tower, i) for i in range(gh * gw)]
+        if geo.tokens == gh * gw + 1:
+            owners.insert(0, None)  # CLS (full strategy): on no grid
+        crop = centre_crop(ip, image_size)
+        return TokenLayout({self.tower: (gh, gw)}, owners, {self.tower: crop} if crop else {})

@@ -13,8 +13,9 @@ from typing import Any
 
 from torch import nn
 
-from meteor_cli.model.hf_vlm.base import HFVisionLanguageModel
-from meteor_cli.model.hf_vlm.llava import clip_parts, tile_size, tower_prefix
+from meteor_cli.errors import UsageError
+from meteor_cli.model.hf_vlm.base import HFInputs, HFVisionLanguageModel, TokenLayout
+from meteor_cli.model.hf_vlm.llava import clip_parts, saved_image_processor, tile_size, tower_prefix
 from meteor_cli.registry import register_model_family
 
 
@@ -65,3 +66,18 @@ class LlavaNext(HFVisionLanguageModel):
     @classmethod
     def vision_parts(cls, hf: nn.Module) -> tuple[nn.Module, list[nn.Module], nn.Module, int]:
         return clip_parts(hf)
+
+    def token_layout(self, inputs: HFInputs, b: int, image_size: tuple[int, int] | None) -> TokenLayout:
+        """Two grids: ``base`` (the whole image squeezed into one tile) then ``tiles`` (the unpadded
+        anyres grid, row by row, each row followed by its newline token, which is on no grid)."""
+        if self.hf.config.vision_feature_select_strategy != "default":
+            raise UsageError("--visualize on LLaVA-NeXT needs vision_feature_select_strategy 'default'",
+                             "the anyres grid of a 'full' tower has no patch layout to draw")
+        h, w = (int(x) for x in inputs.features["image_sizes"][b].tolist())
+        geo = self.visual_geometry(self.hf.config, saved_image_processor(self.processor), {}, (w, h))
+        uw, uh = geo.detail["unpadded_grid"]
+        side = int(geo.detail["base_tokens"] ** 0.5)
+        owners: list[tuple[str, int] | None] = [("base", i) for i in range(geo.detail["base_tokens"])]
+        for r in range(uh):
+            owners += [("tiles", r * uw + c) for c in range(uw)] + [None]
+        return TokenLayout({"base": (side, side), "tiles": (uh, uw)}, owners)

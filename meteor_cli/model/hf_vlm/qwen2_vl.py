@@ -13,7 +13,7 @@ from typing import Any
 
 from torch import nn
 
-from meteor_cli.model.hf_vlm.base import HFVisionLanguageModel
+from meteor_cli.model.hf_vlm.base import HFInputs, HFVisionLanguageModel, TokenLayout
 from meteor_cli.registry import register_model_family
 
 #: transformers' Qwen2-VL image-processor defaults (used when the directory saves no limits).
@@ -66,3 +66,11 @@ class Qwen2VL(HFVisionLanguageModel):
     def vision_parts(cls, hf: nn.Module) -> tuple[nn.Module, list[nn.Module], nn.Module, int]:
         visual = hf.model.visual
         return visual.patch_embed, list(visual.blocks), visual.merger, int(hf.config.vision_config.embed_dim)
+
+    def token_layout(self, inputs: HFInputs, b: int, image_size: tuple[int, int] | None) -> TokenLayout:
+        """One grid of merged patches, ``(h/merge) × (w/merge)`` of ``image_grid_thw``, in raster order
+        (the processor orders patches merge window by merge window, windows row-major)."""
+        t, h, w = (int(x) for x in inputs.features["image_grid_thw"][b].tolist())
+        m = int(self.hf.config.vision_config.spatial_merge_size)
+        rows, cols = h // m, w // m
+        return TokenLayout({self.tower: (rows, cols)}, [(self.tower, i % (rows * cols)) for i in range(t * rows * cols)])
