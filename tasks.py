@@ -101,9 +101,16 @@ def pretrain_tiny(args: list[str]) -> None:
     Phase 2: 2k more steps at 5e-4 on 40k fresh images (seed 1) from phase 1, ~21 min,
     runs/tiny-synthvqa-c2/.
     Phase 3: 5.5k more steps at 5e-4 with weight decay 0.05 on 50k fresh images (seed 2) from
-    phase 2, ~53 min, runs/tiny-synthvqa-c3/. `python3 tasks.py embed-tiny runs/tiny-synthvqa-c3`
-    ships it. (The shipped phases 1-2 used SynthVQA generator v1, whose OCR conversations always
-    asked the full read first; v2 differs only in that.)
+    phase 2, ~53 min, runs/tiny-synthvqa-c3/ (tiny-synthvqa v1, 4 LLM layers). (Phases 1-2 used
+    SynthVQA generator v1, whose OCR conversations always asked the full read first; v2 differs
+    only in that.)
+    Phase 4 (tiny-synthvqa v2): the v1 LLM deepened to 8 layers by identity depth up-scaling
+    (meteor_cli/model/grow.py: the 8-layer model starts with exactly v1's logits), then 5k steps at
+    5e-4, weight decay 0.05, on generator-v3 data (OCR one glyph per 16-px cell): 40k mixed images
+    (seed 5) + 12k OCR-only images (seed 6), shuffled together (runs/mix3.json, OCR on 42 % of the
+    images), ~75 min on 2 cores, runs/tiny-synthvqa-v2/. `python3 tasks.py embed-tiny
+    runs/tiny-synthvqa-v2` ships it. Evaluation seeds 0 (development), 1234 and 77 (held out) are
+    never trained on.
     """
     venv()
     meteor = BIN / "meteor"
@@ -122,10 +129,44 @@ def pretrain_tiny(args: list[str]) -> None:
         if (out / "model.safetensors").is_file():
             continue  # this phase is finished
         if not (data / "train.json").exists():
-            sh(meteor, "synth", "--out", data, *synth_args, "--image-size", "128", "--turns", "8")
+            sh(meteor, "synth", "--out", data, *synth_args, "--image-size", "128", "--turns", "8",
+               "--ocr-style", "free")  # phases 1-3 predate generator v3
         resume = ["--resume"] if (out / "checkpoints").exists() else []
         sh(meteor, "train", *train_args, "--data", data / "train.json", "--batch-size", "16", "--warmup", "0.03",
            "--out", out, "--device", "cpu", *resume, *args)
+
+    # Phase 4: deepen to 8 layers, train on generator-v3 data (mixed + OCR-only images).
+    out = runs / "tiny-synthvqa-v2"
+    if (out / "model.safetensors").is_file():
+        return
+    for name, extra in (("sv3-s5", ["--train", "40000", "--seed", "5"]),
+                        ("sv3-ocr6", ["--train", "12000", "--seed", "6", "--families", "ocr"])):
+        if not (runs / name / "train.json").exists():
+            sh(meteor, "synth", "--out", runs / name, *extra, "--eval", "0", "--image-size", "128", "--turns", "8")
+    init, mix = runs / "tiny-synthvqa-v2-init", runs / "mix3.json"
+    if not (init / "model.safetensors").exists():
+        sh(PY, "-c", "import sys; from meteor_cli.model.grow import deepen; deepen(sys.argv[1], sys.argv[2], 8)",
+           runs / "tiny-synthvqa-c3", init)
+    if not mix.exists():
+        sh(PY, "-c", _MIX, runs, mix, "sv3-s5", "sv3-ocr6")
+    resume = ["--resume"] if (out / "checkpoints").exists() else []
+    sh(meteor, "train", "--model", init, "--data", mix, "--image-root", runs, "--lr", "5e-4", "--weight-decay", "0.05",
+       "--warmup", "0.03", "--batch-size", "16", "--max-steps", "5000", "--save-every", "250", "--out", out,
+       "--device", "cpu", *resume, *args)
+
+
+#: Concatenate SynthVQA training sets (image paths made relative to their common root) and shuffle.
+_MIX = (
+    "import json, random, sys\n"
+    "from pathlib import Path\n"
+    "root, out, names = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]\n"
+    "recs = []\n"
+    "for n in names:\n"
+    "    for r in json.loads((root / n / 'train.json').read_text()):\n"
+    "        recs.append({**r, 'id': f\"{n}-{r['id']}\", 'image': f\"{n}/{r['image']}\"})\n"
+    "random.Random(0).shuffle(recs)\n"
+    "out.write_text(json.dumps(recs))\n"
+)
 
 
 def embed_tiny(args: list[str]) -> None:

@@ -497,6 +497,26 @@ def _schema_for(kind: str) -> Schema:
 MAX_JSON_BYTES = 256 * 1024**2
 
 
+def _stat_regular_file(p: Path, what: str, *, missing_hint: str, special_hint: str) -> os.stat_result:
+    """``stat`` of an input that must be a regular file, every failure a named meteor error.
+
+    Raises:
+        InputNotFoundError: missing, unreadable or a directory (exit 3).
+        InvalidInputError: a device, pipe or socket (exit 4), refused before any read.
+    """
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        raise InputNotFoundError(f"{what} {str(p)!r} does not exist", missing_hint) from None
+    except OSError as exc:
+        raise InputNotFoundError(f"cannot read {what} {str(p)!r}: {exc.strerror}", "check the path and its permissions") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise InputNotFoundError(f"{what} {str(p)!r} is a directory, not a file", "pass the file inside it")
+    if not stat.S_ISREG(st.st_mode):
+        raise InvalidInputError(f"{what} {str(p)!r} is not a regular file (a device, pipe or socket)", special_hint)
+    return st
+
+
 def read_bounded(path: str | os.PathLike[str], what: str = "input", *, limit: int | None = None) -> bytes:
     """The bytes of a regular file (or stdin for ``-``), refusing anything larger than ``limit``.
 
@@ -515,17 +535,8 @@ def read_bounded(path: str | os.PathLike[str], what: str = "input", *, limit: in
                                     "pass a meteor artifact, not a stream of other data")
         return raw
     p = Path(path)
-    try:
-        st = p.stat()
-    except FileNotFoundError:
-        raise InputNotFoundError(f"{what} {str(path)!r} does not exist", "check the path (or pass - to read stdin)") from None
-    except OSError as exc:
-        raise InputNotFoundError(f"cannot read {what} {str(path)!r}: {exc.strerror}", "check the path and its permissions") from None
-    if stat.S_ISDIR(st.st_mode):
-        raise InputNotFoundError(f"{what} {str(path)!r} is a directory, not a file", "pass the file inside it")
-    if not stat.S_ISREG(st.st_mode):
-        raise InvalidInputError(f"{what} {str(path)!r} is not a regular file (a device, pipe or socket)",
-                                "pass a file written by meteor (use - to read a pipe on stdin)")
+    st = _stat_regular_file(p, what, missing_hint="check the path (or pass - to read stdin)",
+                            special_hint="pass a file written by meteor (use - to read a pipe on stdin)")
     if st.st_size > limit:
         raise InvalidInputError(f"{what} {str(path)!r} is {st.st_size / 1024**2:.0f} MiB, larger than the "
                                 f"{limit // 1024**2} MiB meteor reads for this kind of file", "pass the right file")
@@ -804,14 +815,7 @@ def read_safetensors_header(path: str | os.PathLike[str], what: str = "safetenso
     """
     name = str(path)
     p = Path(path)
-    try:
-        st = p.stat()
-    except FileNotFoundError:
-        raise InputNotFoundError(f"{what} {name!r} does not exist", "check the path") from None
-    except OSError as exc:
-        raise InputNotFoundError(f"cannot read {what} {name!r}: {exc.strerror}", "check the path") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise InputNotFoundError(f"{what} {name!r} is not a regular file", "pass a .safetensors file")
+    st = _stat_regular_file(p, what, missing_hint="check the path", special_hint="pass a .safetensors file")
     try:
         with open(p, "rb") as f:
             return _safetensors_header(f, name, st.st_size)

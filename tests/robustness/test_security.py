@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 import meteor_cli
@@ -24,6 +23,8 @@ from meteor_cli import registry as R
 from meteor_cli.errors import ExitCode, InvalidInputError
 from meteor_cli.train import state as S
 from meteor_cli.train.loop import TrainConfig, Trainer
+
+from .toytask import ToyTask
 
 
 class Payload:
@@ -52,27 +53,6 @@ def test_the_payload_really_runs_when_unpickled(tmp_path):
 
 
 # -- the trainer state --------------------------------------------------------------------------
-
-
-class ToyTask:
-    def collate(self, samples):
-        return {"x": torch.stack([s[0] for s in samples]), "y": torch.stack([s[1] for s in samples])}
-
-    def to_device(self, batch, device):
-        return batch
-
-    def count(self, batch):
-        return batch["y"].numel()
-
-    def loss(self, model, batch):
-        return ((model(batch["x"]) - batch["y"]) ** 2).sum()
-
-    def save(self, model, directory):
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(directory / "model.safetensors"))
-        (directory / "config.json").write_text("{}")
-
-    def load(self, model, directory):
-        model.load_state_dict(load_file(str(directory / "model.safetensors")))
 
 
 def trainer(out: Path, **cfg) -> Trainer:

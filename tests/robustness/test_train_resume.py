@@ -28,32 +28,7 @@ from meteor_cli.progress import LineProgress, progress_bar
 from meteor_cli.train import state as S
 from meteor_cli.train.loop import TrainConfig, Trainer
 
-
-class ToyTask:
-    def __init__(self, interrupt_at: int | None = None):
-        self.calls, self.interrupt_at = 0, interrupt_at
-
-    def collate(self, samples):
-        return {"x": torch.stack([s[0] for s in samples]), "y": torch.stack([s[1] for s in samples])}
-
-    def to_device(self, batch, device):
-        return batch
-
-    def count(self, batch):
-        return batch["y"].numel()
-
-    def loss(self, model, batch):
-        self.calls += 1
-        if self.interrupt_at is not None and self.calls == self.interrupt_at:
-            raise KeyboardInterrupt  # a kill between checkpoints
-        return ((model(batch["x"]) - batch["y"]) ** 2).sum()
-
-    def save(self, model, directory):
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(directory / "model.safetensors"))
-        (directory / "config.json").write_text("{}")
-
-    def load(self, model, directory):
-        model.load_state_dict(load_file(str(directory / "model.safetensors")))
+from .toytask import ToyTask
 
 
 def make(out, *, n=32, task=None, init_seed=0, **cfg):

@@ -9,6 +9,7 @@ tables. The CLS token (if any) is kept apart in ``prefix`` and never counted in 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
 import torch
@@ -51,6 +52,18 @@ class TokenState:
 
     def tokens(self) -> torch.Tensor:
         return self.x if self.prefix is None else torch.cat([self.prefix, self.x], dim=1)
+
+    def run_through(self, blocks: Iterable[nn.Module],
+                    call: Callable[[nn.Module, torch.Tensor], torch.Tensor]) -> TokenState:
+        """Run ``blocks`` in order on the prefix + patch tokens, ``call(block, tokens)`` each, and
+        remember the last block's input (``block_input``, for CLS attention); no blocks keep the old one."""
+        t, last = self.tokens(), None
+        for blk in blocks:
+            last = t
+            t = call(blk, t)
+        out = self.with_tokens(t)
+        out.block_input = self.block_input if last is None else last
+        return out
 
 
 class EncoderAdapter(nn.Module):

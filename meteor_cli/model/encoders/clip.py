@@ -40,14 +40,7 @@ class CLIPAdapter(EncoderAdapter):
         return self._start(x[:, 1:], x[:, :1])
 
     def run_blocks(self, state: TokenState, start: int, end: int) -> TokenState:
-        t = state.tokens()
-        last = t
-        for layer in self.net.encoder.layers[start:end]:
-            last = t
-            t = layer(t, attention_mask=None)
-        out = state.with_tokens(t)
-        out.block_input = last if end > start else state.block_input
-        return out
+        return state.run_through(self.net.encoder.layers[start:end], lambda layer, t: layer(t, attention_mask=None))
 
     def cls_attention(self, state: TokenState, block: int) -> torch.Tensor | None:
         if state.block_input is None:

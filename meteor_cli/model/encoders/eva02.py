@@ -70,15 +70,8 @@ class EVA02Adapter(EncoderAdapter):
         return apply_keep_indices_nlc(state.x, self.net.rope.get_embed(), state.pos).unsqueeze(1)
 
     def run_blocks(self, state: TokenState, start: int, end: int) -> TokenState:
-        t = state.tokens()
         rope = self.rope(state)
-        last = t
-        for blk in self.net.blocks[start:end]:
-            last = t
-            t = blk(t, rope=rope)
-        out = state.with_tokens(t)
-        out.block_input = last if end > start else state.block_input
-        return out
+        return state.run_through(self.net.blocks[start:end], lambda blk, t: blk(t, rope=rope))
 
     def finalize(self, state: TokenState) -> TokenState:
         return state.with_tokens(self.net.norm(state.tokens()))

@@ -30,14 +30,7 @@ class ViTAdapter(EncoderAdapter):
         return self._start(x[:, p:], x[:, :p] if p else None)
 
     def run_blocks(self, state: TokenState, start: int, end: int) -> TokenState:
-        t = state.tokens()
-        last = t
-        for blk in self.net.blocks[start:end]:
-            last = t
-            t = blk(t)
-        out = state.with_tokens(t)
-        out.block_input = last if end > start else state.block_input
-        return out
+        return state.run_through(self.net.blocks[start:end], lambda blk, t: blk(t))
 
     def finalize(self, state: TokenState) -> TokenState:
         return state.with_tokens(self.net.norm(state.tokens()))
