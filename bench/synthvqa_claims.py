@@ -102,6 +102,9 @@ def main() -> None:
     ap.add_argument("--stage3-budget", type=float, default=0.5, help="layer-averaged budget of the Stage-3 rows")
     ap.add_argument("--ft-steps", type=int, default=300, help="fine-tuning steps with Stage 1-2 in the loop")
     ap.add_argument("--ft-lr", type=float, default=2e-4)
+    ap.add_argument("--one-run-methods", default="unpruned,meteor,visionzip,dart,fastv,pdrop,pool",
+                    help="methods of the `meteor eval --method` comparison (#17)")
+    ap.add_argument("--one-run-budgets", default="48", help="visual-token budgets of that comparison (comma list)")
     ap.add_argument("--rows", default="", help="comma-separated row names to run (default: all)")
     args = ap.parse_args()
     out: Path = args.out
@@ -240,6 +243,26 @@ def main() -> None:
         claim(f"adaptive Stage 3 >= {other} on ocr", "stage3 meteor adaptive", f"stage3 {other}", "ocr")
     claim("fine-tuning recovers Stage 1-2 loss", "meteor stage 1-2, fine-tuned", "stage1 rank")
 
+    # -- #17: today's baselines in one `meteor eval --method` run per seed and budget ------------------------
+    one_run: dict[str, list[dict]] = {}
+    for budget in [b for b in args.one_run_budgets.split(",") if b]:
+        for ev in args.eval:
+            m = out / f"{ev.name}.methods{budget}.json"
+            methods = args.one_run_methods
+            meteor("eval", "--model", model, "--data", ev, "--limit", args.limit, "--batch-size", 16,
+                   "--max-new-tokens", 10, "--device", "cpu", "--method", methods, "--visual-tokens", budget,
+                   "--ranks", ranks, "--prune-llm", out / "s3-meteor.prune-llm.json", "--out", m, "--restart",
+                   outputs=[m])
+            doc = json.loads(m.read_text())
+            body = doc.get("body", doc)
+            one_run.setdefault(budget, []).extend(
+                {"seed": ev.name, "label": r["label"], "score": round(r.get("score", r["metrics"].get("mean", math.nan)), 1),
+                 "layer_averaged": round(r["tokens"]["stage3_layer_averaged"], 1),
+                 "flops_ratio": round(r.get("flops", {}).get("ratio", math.nan), 3),
+                 **{f: round(r["metrics"]["families"][f]["accuracy"], 1) for f in FAMILIES
+                    if f in r["metrics"].get("families", {})}}
+                for r in body["results"])
+
     ref = results["unpruned"]["seeds"]
     kept = {}
     if "meteor stage 1-2, fine-tuned" in results:
@@ -253,7 +276,7 @@ def main() -> None:
               "stage3_infeasible": infeasible,
               "finetune": {"steps": args.ft_steps, "train_seconds": train_s, "wall_seconds_this_run": round(ft_wall)},
               "finetuned_keeps_percent_of_unpruned": kept, "rows": results, "claims": claims,
-              "eval_sets": [str(e) for e in args.eval], "limit": args.limit}
+              "eval_sets": [str(e) for e in args.eval], "limit": args.limit, "one_run": one_run}
     (out / "claims.json").write_text(json.dumps(report, indent=2) + "\n")
 
     seeds = [e.name for e in args.eval]
@@ -270,6 +293,13 @@ def main() -> None:
     for c in claims:
         print(f"| {c['claim']} | {' / '.join(map(str, c['diff']))} | "
               f"{' / '.join(str(round(2 * s, 1)) for s in c['se'])} | {c['verdict']} |")
+    for budget, rows_ in one_run.items():
+        print(f"\n`meteor eval --method` at {budget} visual tokens (layer-averaged):\n")
+        print("| method | seed | score | " + " | ".join(FAMILIES) + " | layer avg | FLOPs ratio |")
+        print("|---|---|---|" + "---|" * len(FAMILIES) + "---|---|")
+        for r in sorted(rows_, key=lambda r: (r["label"], r["seed"])):
+            print(f"| {r['label']} | {r['seed']} | {r['score']} | " + " | ".join(str(r.get(f, '')) for f in FAMILIES)
+                  + f" | {r['layer_averaged']} | {r['flops_ratio']} |")
     if kept:
         print(f"\nMETEOR fine-tuned keeps {kept} % of the unpruned mean "
               f"({args.ft_steps} steps, {train_s and round(train_s)} s of training)")

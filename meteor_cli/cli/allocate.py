@@ -50,6 +50,11 @@ def main(
     stage1_method: Annotated[str, typer.Option(
         "--stage1-method", help="Stage-1 policy: meteor, similarity, random, prumerge+, visionzip (`meteor list policies`).")] = "meteor",
     stage1_option: Annotated[list[str] | None, typer.Option("--stage1-option", help=STAGE1_OPTION_HELP)] = None,
+    dominant: Annotated[int | None, typer.Option(
+        "--dominant", min=0, help="visionzip: dominant tokens per encoder at its last point (VisionZip's "
+        "`dominant=`; = --stage1-option dominant=N).")] = None,
+    contextual: Annotated[int | None, typer.Option(
+        "--contextual", min=0, help="visionzip: contextual (merged) tokens per encoder (VisionZip's `contextual=`).")] = None,
     stage2_method: Annotated[str, typer.Option(
         "--stage2-method", help="Stage-2 policy: meteor (collaborative), separate, random, pool (`meteor list policies`).")] = "meteor",
     stage2_score: Annotated[str, typer.Option(
@@ -94,7 +99,10 @@ def main(
     resolve_stage2_method(None, stage2_method)  # likewise; pre-projection is refused (a fusion, not a selection)
     check_score_options(stage2_score, stage2_floor)
     body["stage1"]["method"] = stage1_method
-    options1 = stage1_options_for(body, stage1_method, stage1_option)
+    if (dominant is not None or contextual is not None) and stage1_method != "visionzip":
+        raise UsageError("--dominant/--contextual are VisionZip's counts", "add --stage1-method visionzip")
+    sugar = [f"{k}={v}" for k, v in (("dominant", dominant), ("contextual", contextual)) if v is not None]
+    options1 = stage1_options_for(body, stage1_method, [*(stage1_option or []), *sugar] or None)
     if options1:
         body["stage1"]["options"] = options1
     body["stage2"].update(method=stage2_method, score=stage2_score, floor=stage2_floor)

@@ -171,6 +171,12 @@ def test_cli_options_reach_the_baselines(cli, tmp_path):
     assert res.exit_code == 0, res.output
     s1 = A.read_artifact(tmp_path / "allocation.json")["stage1"]
     assert s1["method"] == "visionzip" and s1["options"] == {"dominant": 4, "contextual": 2}
+    res = cli("allocate", "--ranks", "ranks.json", "--schedule", "explicit", "--totals", "96,96,30", "--fusion-keep", "30",
+              "--stage1-method", "visionzip", "--dominant", "4", "--contextual", "2", "--out", "literal.json")
+    assert res.exit_code == 0, res.output  # VisionZip's own names are the same options
+    assert A.read_artifact(tmp_path / "literal.json")["stage1"] == s1
+    res = cli("allocate", "--ranks", "ranks.json", "--total", "30", "--dominant", "4", "--out", "y.json")
+    assert res.exit_code == ExitCode.USAGE and "--stage1-method visionzip" in res.stderr
     res = cli("allocate", "--ranks", "ranks.json", "--total", "30", "--stage1-method", "visionzip",
               "--stage1-option", "dominnat=4", "--out", "x.json")
     assert res.exit_code == ExitCode.USAGE and "takes no option 'dominnat'" in res.stderr
