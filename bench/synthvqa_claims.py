@@ -40,7 +40,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from meteor_cli.cli.demo import _fastv_setting, pdrop_ratio  # noqa: E402
+from meteor_cli.eval.methods import fastv_setting as _fastv_setting, pdrop_ratio  # noqa: E402
 from meteor_cli.errors import UsageError  # noqa: E402
 from meteor_cli.eval.results import samples_path_for  # noqa: E402
 from meteor_cli.pruning.llm_policies import default_layers  # noqa: E402
