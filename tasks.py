@@ -109,7 +109,8 @@ def pretrain_tiny(args: list[str]) -> None:
     5e-4, weight decay 0.05, on generator-v3 data (OCR one glyph per 16-px cell): 40k mixed images
     (seed 5) + 12k OCR-only images (seed 6), shuffled together (runs/mix3.json, OCR on 42 % of the
     images), ~75 min on 2 cores, runs/tiny-synthvqa-v2/. `python3 tasks.py embed-tiny
-    runs/tiny-synthvqa-v2` ships it. Evaluation seeds 0 (development), 1234 and 77 (held out) are
+    runs/tiny-synthvqa-v2` would ship it; it is NOT shipped yet: it still reads no v3 OCR
+    (0.5-3 %), see docs/synthvqa.md "Phase 4". Evaluation seeds 0 (development), 1234 and 77 (held out) are
     never trained on.
     """
     venv()
