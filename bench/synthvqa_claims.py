@@ -30,6 +30,7 @@ Steps whose outputs exist are skipped, so a killed run continues where it stoppe
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import shlex
@@ -40,7 +41,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from meteor_cli.eval.methods import fastv_setting as _fastv_setting, pdrop_ratio  # noqa: E402
+from meteor_cli.eval.methods import fastv_setting, pdrop_ratio  # noqa: E402
 from meteor_cli.errors import UsageError  # noqa: E402
 from meteor_cli.eval.results import samples_path_for  # noqa: E402
 from meteor_cli.pruning.llm_policies import default_layers  # noqa: E402
@@ -71,7 +72,9 @@ def flops_of(model: str, extra: list[object]) -> dict:
     return json.loads(proc.stdout)
 
 
+@functools.lru_cache(maxsize=None)
 def outcomes(samples: Path) -> dict[str, tuple[str, bool]]:
+    """question id -> (family, correct) of one per-sample file (read once; each feeds several claims)."""
     rows = {}
     for line in samples.read_text().splitlines():
         r = json.loads(line)
@@ -151,7 +154,7 @@ def main() -> None:
     # Stage 3 alone at an equal layer-averaged budget T3.
     m_layers = default_layers(n_layers)
     p_layers = default_layers(n_layers, (8, 16, 24))
-    fastv_k, r_fastv = _fastv_setting(n_vis, T3, n_layers)  # K=2, earlier only if a shallow LLM needs it
+    fastv_k, r_fastv = fastv_setting(n_vis, T3, n_layers)  # K=2, earlier only if a shallow LLM needs it
     dart_k = min(2, n_layers - 1)
     dart_keep = round((T3 * n_layers - dart_k * n_vis) / (n_layers - dart_k))
     s3: dict[str, list[object]] = {

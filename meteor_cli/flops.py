@@ -124,6 +124,15 @@ def llm_decode(d: LLMDims, context: Sequence[float], new_tokens: int, *, convent
     return total
 
 
+def add_llm_costs(rep: FlopReport, d: LLMDims, text: int, visual: Sequence[float], new_tokens: int, *,
+                  convention: str) -> None:
+    """Add ``llm/prefill`` and, with ``new_tokens``, ``llm/decode`` to ``rep`` for one Stage-3
+    schedule (``visual[l]`` tokens entering layer l; decoding caches ``text + visual[l]`` keys)."""
+    rep.add("llm/prefill", llm_prefill(d, text, visual, convention=convention))
+    if new_tokens:
+        rep.add("llm/decode", llm_decode(d, [text + v for v in visual], new_tokens, convention=convention))
+
+
 def vit_block_macs(n: float, width: int, mlp: int, *, attn_dim: int | None = None, mlp_mats: int = 2) -> float:
     """One pre-norm transformer block over ``n`` tokens, in MACs: q, k, v and output projections
     ``4·n·width·attn_dim``, ``QKᵀ`` and ``AV`` ``2·n²·attn_dim``, an MLP of ``mlp_mats`` matrices
@@ -408,6 +417,6 @@ def fvcore_macs(vlm: Any, text_tokens: int, *, stage3: Any = None, seed: int = 0
     return MeasuredFlops(comps, other, pruning, probe.visual, probe.kept, unsupported)
 
 
-__all__ = ["CONVENTIONS", "FORMULAS", "FlopReport", "LLMDims", "convnext_macs", "encoder_macs", "llm_decode",
+__all__ = ["CONVENTIONS", "FORMULAS", "FlopReport", "LLMDims", "add_llm_costs", "convnext_macs", "encoder_macs", "llm_decode",
            "llm_layer_macs", "llm_prefill", "MeasuredFlops", "fvcore_macs", "sdpa_flop_jit", "projector_macs", "sam_block_macs", "stage1_tokens", "vit_block_macs",
            "vit_macs"]

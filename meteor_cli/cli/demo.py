@@ -40,9 +40,8 @@ import typer
 
 from meteor_cli.cli.common import Run, meteor_command
 from meteor_cli.errors import MeteorError, UsageError
-# The budget solvers live with ``meteor eval --method`` (one recipe for both); re-exported here.
-from meteor_cli.eval.methods import fastv_ratio, meteor_budgets, pdrop_ratio  # noqa: F401
-from meteor_cli.eval.methods import fastv_setting as _fastv_setting
+# The budget solvers live with ``meteor eval --method`` (one recipe for both).
+from meteor_cli.eval.methods import fastv_setting, meteor_budgets, pdrop_ratio
 
 FAMILIES = ("general", "hallucination", "ocr", "chart")
 METHODS = ("unpruned", "meteor", "fastv", "pdrop", "random", "separate")
@@ -191,7 +190,7 @@ def main(
     n_layers = int(hf["num_hidden_layers"])
     n_vis = _visual_tokens(model)
     target, s1_ratio, s2_keep = meteor_budgets(budget, n_vis)
-    fastv_k, r_fastv = _fastv_setting(n_vis, target, n_layers)
+    fastv_k, r_fastv = fastv_setting(n_vis, target, n_layers)
     pdrop_layers = default_layers(n_layers, (8, 16, 24))
     r_pdrop = pdrop_ratio(n_vis, target, n_layers, pdrop_layers)
 

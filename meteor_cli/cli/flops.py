@@ -134,9 +134,7 @@ def count(vlm_cfg: Any, llm_cfg: dict[str, Any], alloc: dict[str, Any] | None, s
         schedule = tokens_per_layer(n_vis, layers, kept, dims.layers)
     else:
         schedule = [float(n_vis)] * dims.layers
-    rep.add("llm/prefill", F.llm_prefill(dims, text, schedule, convention=convention))
-    if new_tokens:
-        rep.add("llm/decode", F.llm_decode(dims, [text + v for v in schedule], new_tokens, convention=convention))
+    F.add_llm_costs(rep, dims, text, schedule, new_tokens, convention=convention)
     out = rep.to_json()
     out["visual_tokens"] = {"into_llm": n_vis, "layer_averaged": sum(schedule) / len(schedule), "per_encoder": final,
                             "stage3_source": source}

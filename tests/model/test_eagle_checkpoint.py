@@ -19,21 +19,9 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from eagle_release import (MEAN, STD, X4, X5, eagle_pixels, reference_visual_tokens, stored,  # noqa: E402
-                           write_release)
+from eagle_release import MEAN, STD, X5, eagle_pixels, reference_visual_tokens, stored, write_release  # noqa: E402
 
 from meteor_cli.errors import ExitCode, InvalidInputError  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def x5(tmp_path_factory) -> Path:
-    return write_release(tmp_path_factory.mktemp("eagle") / "Eagle-X5-tiny", X5)
-
-
-@pytest.fixture(scope="module")
-def x4_plus(tmp_path_factory) -> Path:
-    """X4 towers with a Llama-3 tokenizer, as Eagle-X4-8B-Plus."""
-    return write_release(tmp_path_factory.mktemp("eagle") / "Eagle-X4-Plus-tiny", X4, llama3=True, seed=3)
 
 
 def _image(seed: int = 0, size: tuple[int, int] = (40, 30)):

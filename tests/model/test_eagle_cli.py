@@ -7,26 +7,12 @@ The checkpoints are the tiny random ones of tests/model/eagle_release.py, in the
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from eagle_release import X4, X5, write_release  # noqa: E402
-
-from meteor_cli.errors import ExitCode  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def x5(tmp_path_factory) -> Path:
-    return write_release(tmp_path_factory.mktemp("eagle") / "Eagle-X5-tiny", X5)
-
-
-@pytest.fixture(scope="module")
-def x4_plus(tmp_path_factory) -> Path:
-    return write_release(tmp_path_factory.mktemp("eagle") / "Eagle-X4-Plus-tiny", X4, llama3=True, seed=3)
+from meteor_cli.errors import ExitCode
 
 
 def _image(path: Path, seed: int = 0) -> Path:
@@ -309,7 +295,7 @@ def test_train_post_projection_from_a_release(x5, pipeline, cli):
     its column block of ``mm_projector.0`` (bias copied), the second a copy of ``mm_projector.2``;
     with the projectors frozen the saved ones are exactly those; Stages 1–2 run in the loop and the
     trained checkpoint answers with the allocation's Stage-2 count of tokens."""
-    from eagle_release import stored
+    from .eagle_release import stored
 
     from meteor_cli.model.checkpoint import load_model
 

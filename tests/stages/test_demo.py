@@ -7,30 +7,31 @@ import json
 import pytest
 
 from meteor_cli.cli import demo as D
+from meteor_cli.eval import methods as M
 from meteor_cli.errors import UsageError
 from meteor_cli.pruning.schedule import layer_averaged_tokens
 
 
 @pytest.mark.parametrize("n,target,layers,k", [(96, 48, 4, 1), (96, 24, 8, 1), (576, 192, 32, 2)])
 def test_fastv_ratio_hits_the_layer_average(n, target, layers, k):
-    r = D.fastv_ratio(n, target, layers, k)
+    r = M.fastv_ratio(n, target, layers, k)
     assert layer_averaged_tokens(n, [k], [n * (1 - r)], layers) == pytest.approx(target)
 
 
 def test_fastv_setting_moves_k_earlier_only_when_it_must():
-    assert D._fastv_setting(576, 192, 32)[0] == 2  # FastV's own K
-    assert D._fastv_setting(96, 48, 4)[0] == 1  # K=2 of 4 layers cannot average 48 of 96
+    assert M.fastv_setting(576, 192, 32)[0] == 2  # FastV's own K
+    assert M.fastv_setting(96, 48, 4)[0] == 1  # K=2 of 4 layers cannot average 48 of 96
     with pytest.raises(UsageError, match="raise --budget"):
-        D._fastv_setting(96, 10, 4)
+        M.fastv_setting(96, 10, 4)
 
 
 @pytest.mark.parametrize("n,target,layers,points", [(96, 48, 4, [1, 2, 3]), (576, 192, 32, [8, 16, 24])])
 def test_pdrop_ratio_hits_the_layer_average(n, target, layers, points):
-    r = D.pdrop_ratio(n, target, layers, points)
+    r = M.pdrop_ratio(n, target, layers, points)
     kept = [n * r ** (i + 1) for i in range(len(points))]
     assert layer_averaged_tokens(n, points, kept, layers) == pytest.approx(target, abs=0.05)
     with pytest.raises(UsageError, match="cannot average"):
-        D.pdrop_ratio(96, 20, 4, [1, 2, 3])  # 96 tokens in layer 0 alone average 24
+        M.pdrop_ratio(96, 20, 4, [1, 2, 3])  # 96 tokens in layer 0 alone average 24
 
 
 @pytest.mark.slow

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from meteor_cli.artifacts import read_bounded
 from meteor_cli.errors import InvalidInputError
 from meteor_cli.eval.benchmarks.base import (
     Benchmark,
@@ -60,10 +61,11 @@ class AI2D(Benchmark):
     def read_llava(self, src: Source, variant: str | None) -> Loaded:
         qdir = src.path("questions", "the official release's question files")
         test = None
-        if (src.root / "ai2d_test_ids.csv").is_file():
-            src.files.append(str(src.root / "ai2d_test_ids.csv"))
-            test = {ln.strip().split(",")[0] for ln in (src.root / "ai2d_test_ids.csv").read_text().splitlines()
-                    if ln.strip()}
+        ids = src.root / "ai2d_test_ids.csv"
+        if ids.is_file():  # optional: the test split's image ids (bounded read, like every annotation file)
+            src.files.append(str(ids))
+            lines = read_bounded(ids, "AI2D test-id list").decode("utf-8", "replace").splitlines()
+            test = {ln.strip().split(",")[0] for ln in lines if ln.strip()}
         items = []
         for f in sorted(qdir.glob("*.json")):
             doc = src.json(f, "AI2D question file")

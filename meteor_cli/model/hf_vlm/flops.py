@@ -166,9 +166,7 @@ def count_hf_vlm(directory: str | Path, image_size: tuple[int, int] | None, s3: 
         schedule = tokens_per_layer(n_vis, layers, [min(float(n_vis), float(k)) for k in kept], dims.layers)
     else:
         schedule = [float(n_vis)] * dims.layers
-    rep.add("llm/prefill", F.llm_prefill(dims, text, schedule, convention=convention))
-    if new_tokens:
-        rep.add("llm/decode", F.llm_decode(dims, [text + v for v in schedule], new_tokens, convention=convention))
+    F.add_llm_costs(rep, dims, text, schedule, new_tokens, convention=convention)
     out = rep.to_json()
     out["visual_tokens"] = {"into_llm": n_vis, "layer_averaged": sum(schedule) / len(schedule),
                             "per_encoder": {fam.tower: n_vis}, "stage3_source": source}
