@@ -120,12 +120,17 @@ def count(vlm_cfg: Any, llm_cfg: dict[str, Any], alloc: dict[str, Any] | None, s
         for e in vlm_cfg.encoders:
             rep.add(f"projector/{e.name}", F.projector_macs(final[e.name], e.width, d_llm, convention=convention))
         n_vis = sum(final.values())
+        n_unpruned = sum(e.num_tokens for e in vlm_cfg.encoders)
+        if alloc:
+            n_vis = min(n_vis, int(alloc["stage2"]["keep"]))
     else:
-        n_vis = vlm_cfg.grid ** 2
-        rep.add("projector/fused", F.projector_macs(n_vis, sum(e.width for e in vlm_cfg.encoders), d_llm, convention=convention))
-    n_unpruned = sum(e.num_tokens for e in vlm_cfg.encoders) if vlm_cfg.fusion == "post-projection" else n_vis
-    if alloc:
-        n_vis = min(n_vis, int(alloc["stage2"]["keep"]))
+        # Stage 2 picks shared positions BEFORE the one projector (docs/eagle.md): it maps only the kept ones
+        n_unpruned = vlm_cfg.grid ** 2
+        n_vis = min(n_unpruned, int(alloc["stage2"]["keep"])) if alloc else n_unpruned
+        rep.add("projector/fused", F.projector_macs(n_vis, sum(e.width for e in vlm_cfg.encoders), d_llm,
+                                                    convention=convention),
+                f"{n_vis} of the {n_unpruned} shared positions (Stage 2 selects before the projector)"
+                if n_vis < n_unpruned else None)
     dims = F.LLMDims.from_hf_config(llm_cfg)
     source = None
     if s3:

@@ -326,3 +326,24 @@ def test_train_post_projection_from_a_release(x5, pipeline, cli):
     res = cli("train", "--model", "ck", "--data", str(sv / "train.json"), "--fusion", "pre-projection",
               "--max-steps", "1", "--out", "ck2", "--device", "cpu", "-q")
     assert res.exit_code == ExitCode.USAGE and "pre-projection → post-projection" in res.stderr
+
+
+def test_flops_count_the_projector_over_the_kept_positions(x5, pipeline, cli):
+    """With an allocation, the shared projector runs on ``stage2.keep`` positions only: the analytic
+    count says so and agrees with fvcore's count of the real forward (within 1 %), and the LLM
+    sees the same number of visual tokens."""
+    alloc = _body(pipeline / "alloc.json")
+    res = cli("flops", "--model", str(x5), "--allocation", str(pipeline / "alloc.json"), "--count", "both",
+              "--text-tokens", "8", "--json")
+    assert res.exit_code == 0, res.stderr
+    body = json.loads(res.stdout)
+    fv = body["fvcore"]
+    row = fv["components"]["projector/fused"]
+    assert fv["input"]["visual_tokens_into_llm"] == alloc["stage2"]["keep"] == 6
+    assert abs(row["difference"]) <= 0.01, row
+    assert abs(fv["components"]["llm/prefill"]["difference"]) <= 0.01, fv["components"]["llm/prefill"]
+    unpruned = json.loads(cli("flops", "--model", str(x5), "--convention", "macs", "--json").stdout)
+    pruned = json.loads(cli("flops", "--model", str(x5), "--allocation", str(pipeline / "alloc.json"),
+                            "--convention", "macs", "--json").stdout)
+    # mlp2x_gelu is linear in the positions: 6 of the 16 shared positions cost 6/16 of the unpruned projector
+    assert pruned["components"]["projector/fused"] == pytest.approx(unpruned["components"]["projector/fused"] * 6 / 16)
