@@ -65,7 +65,8 @@ def main(
         "--stage2-floor", min=0.0, max=1.0, help="[inferred] Each encoder first keeps this fraction of its "
         "proportional share of --fusion-keep (0 = the paper's joint selection).")] = 0.0,
     model: Annotated[str | None, typer.Option(
-        "--model", help="Check the ranks' encoders against this model (preset, checkpoint or config JSON).")] = None,
+        "--model", help="Check the ranks' encoders against this model (preset, checkpoint, config JSON or "
+        "transformers LLaVA-1.5 directory).")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output allocation artifact (`-` = stdout).")] = Path("allocation.json"),
     run: Run = None,  # type: ignore[assignment]
 ) -> None:
@@ -140,7 +141,14 @@ def _check_model(spec: str, encoders: dict) -> None:
 
     from meteor_cli.model.checkpoint import load_model_config
 
-    names = [e.name for e in load_model_config(spec).encoders]
+    from meteor_cli.model.hf_vlm import family_of
+
+    fam = family_of(spec)
+    if fam is not None:  # a transformers VLM: its one tower (LLaVA-1.5), or a named refusal
+        fam.require_stage1("allocate --model")
+        names = [fam.tower]
+    else:
+        names = [e.name for e in load_model_config(spec).encoders]
     if sorted(names) != sorted(encoders):
         raise InvalidInputError(f"--ranks covers encoders {sorted(encoders)} but model {spec!r} has {sorted(names)}",
                                 "estimate the ranks with the same model (`meteor rank-estimate --model ...`)")

@@ -25,8 +25,9 @@ Models whose unpruned prefill exceeds :data:`FVCORE_MAX_MACS` are refused (use `
 
 A transformers VLM directory (LLaVA-1.5, LLaVA-NeXT, Qwen2-VL) is counted by
 :mod:`meteor_cli.model.hf_vlm.flops` on the meta device (no weights read), for one image of
-``--image-size``; Stage 3 from ``--prune-llm`` as above (``--allocation`` and ``--count fvcore``
-are refused for them)::
+``--image-size``; Stage 3 from ``--prune-llm`` as above; ``--allocation`` on LLaVA-1.5 (its CLIP
+tower pruned at the three points, only the layers up to ``vision_feature_layer`` run), refused
+with the reason for the others; ``--count fvcore`` is refused for all of them::
 
     meteor flops --model llava-v1.6-vicuna-7b-hf/ --image-size 1024x768 --prune-llm fixed-64.json
 """
@@ -299,23 +300,27 @@ def hf_vlm_flops(model: str, allocation: Path | None, prune_llm: Path | None, co
     """``meteor flops`` on a transformers VLM directory: the analytic count on the meta device (no
     weights read; :mod:`meteor_cli.model.hf_vlm.flops`), Stage 3 as for meteor's models."""
     from meteor_cli.artifacts import make_artifact, read_artifact, write_artifact
+    from meteor_cli.model.hf_vlm import family_of
     from meteor_cli.model.hf_vlm.flops import count_hf_vlm, parse_image_size
 
-    if allocation is not None:
-        raise UsageError(f"--allocation (Stages 1-2) is not available for the transformers VLM {model}",
-                         "count Stage 3 with --prune-llm; Stage 1 on these towers is not implemented yet")
+    if allocation is not None:  # refused by name before the file is read where the tower has no Stage-1 adapter
+        fam = family_of(model)
+        assert fam is not None
+        fam.require_stage1("flops --allocation")
     if count_with is not Count.analytic:
         raise UsageError(f"--count {count_with.value} runs meteor's own forward; {model} is counted analytically only",
                          "use --count analytic (the default)")
     size = parse_image_size(image_size)
     s3 = read_artifact(prune_llm, "meteor.prune-llm", what="--prune-llm").body if prune_llm else None
     kept = parse_kept(stage3_kept)
-    body = count_hf_vlm(model, size, s3, convention.value, text_tokens, new_tokens, kept)
+    alloc = read_artifact(allocation, "meteor.allocation", what="--allocation").body if allocation else None
+    body = count_hf_vlm(model, size, s3, convention.value, text_tokens, new_tokens, kept, allocation=alloc)
     unpruned = count_hf_vlm(model, size, None, convention.value, text_tokens, new_tokens, None)
     body["unpruned_total"] = unpruned["total"]
     body["ratio"] = body["total"] / unpruned["total"]
     if out is not None:
-        write_artifact(out, make_artifact("meteor.flops", body, inputs=[p for p in (prune_llm,) if p is not None]))
+        write_artifact(out, make_artifact("meteor.flops", body,
+                                          inputs=[p for p in (allocation, prune_llm) if p is not None]))
 
     def human() -> None:
         unit = "MACs" if convention is not Convention.flops else "FLOPs"

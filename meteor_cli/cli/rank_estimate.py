@@ -39,7 +39,8 @@ def main(
         help="`merge PART...` combines shard outputs into --out instead of estimating.", metavar="[merge PART...]",
         show_default=False)] = None,
     model: Annotated[str | None, typer.Option(
-        "--model", help="Model: a preset name (`meteor list presets`), a checkpoint directory or a config JSON.")] = None,
+        "--model", help="Model: a preset name (`meteor list presets`), a checkpoint directory, a config JSON, or a "
+        "transformers LLaVA-1.5 directory (its CLIP tower is one encoder, named `vision`).")] = None,
     data: Annotated[Path | None, typer.Option(
         "--data", help="LLaVA-format instruction data (JSON list or JSONL with `image` and `conversations`).")] = None,
     image_root: Annotated[Path | None, typer.Option(
@@ -109,9 +110,9 @@ def _estimate(run: Run, model: str, data: Path, image_root: Path | None, allow_o
     from meteor_cli.pruning.estimate import estimate_ranks, ids_sha256, model_identity
 
     run.seed_everything()
-    from meteor_cli.model.checkpoint import require_meteor_model
+    from meteor_cli.model.checkpoint import require_stage1_model
 
-    require_meteor_model(model)  # a transformers VLM: Stage 1 on its tower is not built yet (a clear error)
+    require_stage1_model(model, "rank-estimate")  # a transformers VLM whose tower has no Stage-1 adapter: named error
     vlm = load_model(model, run.device.torch, seed=run.seed)
     root = image_root_for(data, image_root)
     chosen = sample_records(data, fraction=None if count else sample, count=count, seed=run.seed,

@@ -142,7 +142,11 @@ def model_shape(spec: str) -> ModelShape:
     from meteor_cli.cli.flops import count
     from meteor_cli.errors import MeteorError
     from meteor_cli.model.checkpoint import load_model_config
+    from meteor_cli.model.hf_vlm import family_of
 
+    fam = family_of(spec)
+    if fam is not None:
+        return hf_model_shape(spec, fam)
     try:
         cfg = load_model_config(spec).validate()
     except MeteorError as exc:
@@ -154,6 +158,30 @@ def model_shape(spec: str) -> ModelShape:
     n = int(count(cfg, hf, None, None, "fastv", FLOPS_TEXT_TOKENS, 0, None)["visual_tokens"]["into_llm"])
     return ModelShape(n, int(hf["num_hidden_layers"]), int(hf["num_attention_heads"]),
                       {e.name: (int(e.num_tokens), list(e.prune_points or [])) for e in cfg.encoders}, cfg)
+
+
+def hf_model_shape(spec: str, fam: Any) -> ModelShape:
+    """The :class:`ModelShape` of a transformers VLM directory whose tower Stage 1 prunes (LLaVA-1.5:
+    a fixed ``(tile/patch)²`` visual tokens, one encoder named as the family's tower); built on meta.
+
+    Raises:
+        UsageError: a family without a Stage-1 adapter (its visual-token count also depends on the
+            image size: LLaVA-NeXT's anyres tiles, Qwen2-VL's dynamic resolution).
+    """
+    from meteor_cli.model.hf_vlm.flops import image_processor_settings
+    from meteor_cli.model.hf_vlm.tower import tower_config
+
+    if fam.stage1_missing is not None:
+        raise UsageError(f"--method with a budget solves each method for the model's visual-token count; a "
+                         f"{fam.hf_class}'s depends on the image size (and {fam.stage1_missing})",
+                         "give Stage-3 settings instead: meteor prune-llm --model DIR --method fixed --visual-tokens N "
+                         "--out p.json, then eval --prune-llm p.json (without --method)")
+    hf = fam.build_meta(spec)
+    tcfg = tower_config(fam.tower, hf.config, image_processor_settings(spec))
+    text = hf.config.get_text_config()
+    full = hf.config.vision_feature_select_strategy == "full"
+    return ModelShape(tcfg.num_tokens + (1 if full else 0), int(text.num_hidden_layers), int(text.num_attention_heads),
+                      {fam.tower: (tcfg.num_tokens, list(tcfg.prune_points or []))}, None)
 
 
 def parse_budgets(n: int, *, budget: float | None = None, visual_tokens: int | None = None,
@@ -442,18 +470,29 @@ def flops_for(model: str, settings: Sequence[Any], results: Sequence[Mapping[str
               convention: str = "fastv") -> dict[str, Any]:
     """``label → {"total", "unpruned_total", "ratio", ...}``: ``meteor flops``' analytic count of each
     setting (its allocation for the encoders and projectors; the Stage-3 kept counts each pruning
-    layer had on average in this run), over the unpruned model's. Empty for models ``meteor flops``
-    cannot count (transformers VLMs)."""
+    layer had on average in this run), over the unpruned model's; transformers VLMs through
+    :func:`~meteor_cli.model.hf_vlm.flops.count_hf_vlm` at their default image size. Empty for
+    models ``meteor flops`` cannot count."""
     from meteor_cli.cli.flops import count
     from meteor_cli.errors import MeteorError
     from meteor_cli.model.checkpoint import load_model_config
+    from meteor_cli.model.hf_vlm import family_of
 
-    try:
-        cfg = load_model_config(model).validate()
-    except (MeteorError, OSError, ValueError):
-        return {}
-    hf = cfg.llm.resolved_hf_config()
-    base = count(cfg, hf, None, None, convention, FLOPS_TEXT_TOKENS, 0, None)["total"]
+    if family_of(model) is not None:
+        from meteor_cli.model.hf_vlm.flops import count_hf_vlm
+
+        def counter(_cfg: Any, _hf: Any, alloc: Any, s3: Any, conv: str, text: int, new: int, kept: Any) -> dict[str, Any]:
+            return count_hf_vlm(model, None, s3, conv, text, new, kept, allocation=alloc)
+
+        cfg = hf = None
+    else:
+        counter = count
+        try:
+            cfg = load_model_config(model).validate()
+        except (MeteorError, OSError, ValueError):
+            return {}
+        hf = cfg.llm.resolved_hf_config()
+    base = counter(cfg, hf, None, None, convention, FLOPS_TEXT_TOKENS, 0, None)["total"]
     out: dict[str, Any] = {}
     by_label = {r["label"]: r for r in results}
     for s in settings:
@@ -463,7 +502,7 @@ def flops_for(model: str, settings: Sequence[Any], results: Sequence[Mapping[str
         if s3 is not None and not kept:
             continue  # nothing measured (no answered question): no count
         try:
-            body = count(cfg, hf, s.allocation, s3, convention, FLOPS_TEXT_TOKENS, 0,
+            body = counter(cfg, hf, s.allocation, s3, convention, FLOPS_TEXT_TOKENS, 0,
                          [float(v) for v in kept.values()] if s3 is not None and kept else None)
         except MeteorError:
             continue

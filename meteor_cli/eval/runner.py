@@ -30,10 +30,12 @@ def install_pruning(vlm: Any, allocation: dict[str, Any] | None, prune_llm: dict
     from meteor_cli.pruning.stage2 import build_stage2
 
     vlm.stage1 = vlm.stage2 = None
-    if allocation is not None and not hasattr(vlm, "encoders"):
+    if allocation is not None and callable(getattr(vlm, "require_stage1", None)):
+        vlm.require_stage1("--allocation (Stages 1-2)")  # a transformers VLM whose tower has no Stage-1 adapter
+    if allocation is not None and not getattr(vlm, "encoders", None):
         from meteor_cli.errors import UsageError
 
-        raise UsageError(f"--allocation (Stages 1-2) is for meteor's multi-encoder models, not a {type(vlm).__name__}",
+        raise UsageError(f"--allocation (Stages 1-2) is for models with prunable encoders, not a {type(vlm).__name__}",
                          "drop --allocation; Stage 3 (--prune-llm) runs on this model")
     if allocation is not None:
         vlm.stage1 = build_stage1(allocation, vlm.encoders, stage1_method, seed=seed, options=stage1_options)

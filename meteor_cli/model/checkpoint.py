@@ -307,8 +307,18 @@ def require_meteor_model(spec: str) -> None:
     fam = family_of(spec)
     if fam is not None:
         raise UsageError(f"{spec} is a transformers {fam.hf_class} directory, which has no meteor multi-encoder "
-                         "config", "this command takes meteor models; eval, infer, prune-llm (incl. --calibrate) and inspect "
-                         "take this directory")
+                         "config", "this command takes meteor models; eval, infer, prune-llm (incl. --calibrate), flops "
+                         "and inspect take this directory (and rank-estimate/allocate that of a LLaVA-1.5 model)")
+
+
+def require_stage1_model(spec: str, what: str) -> None:
+    """Refuse, naming why, a transformers VLM directory whose tower Stage 1 cannot prune (``what``:
+    the command or option); meteor's own models and LLaVA-1.5 directories pass."""
+    from meteor_cli.model.hf_vlm import family_of
+
+    fam = family_of(spec)
+    if fam is not None:
+        fam.require_stage1(what)
 
 
 def load_model(spec: str, device: str | torch.device = "cpu", *, seed: int = 0) -> Any:
@@ -338,6 +348,6 @@ def load_model(spec: str, device: str | torch.device = "cpu", *, seed: int = 0) 
 
 
 __all__ = ["FORMAT", "TOKENIZER_FILES", "build_model", "checkpoint_dir_of", "has_weights", "load_checkpoint",
-           "model_format_of", "read_weights", "require_meteor_model", "shard_files", "write_weights", "load_model",
+           "model_format_of", "read_weights", "require_meteor_model", "require_stage1_model", "shard_files", "write_weights", "load_model",
            "load_model_config", "read_config", "save_checkpoint", "LLMConfig",
            "UsageError"]

@@ -18,7 +18,7 @@ one projector; Stages 1–2 then act on the shared grid positions (:meth:`MultiE
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -40,6 +40,18 @@ class VisualTokens:
     encoder_ids: torch.Tensor  # (N,) which encoder each token came from
     pos: torch.Tensor  # (B, N) grid position of each token in its encoder
     per_encoder: dict[str, list[int]] = field(default_factory=dict)  # tokens per encoder, per sample
+
+
+def apply_stage2(hook: Callable[..., Any], z: torch.Tensor, encoder_ids: torch.Tensor,
+                 pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Run a Stage-2 hook on the fused tokens ``z`` (B, N, d): ``(z, encoder ids, pos)`` after it —
+    the ids (B, K) of the kept tokens when it pruned, the (N,) ids unchanged when it returned None."""
+    kept = hook(z, encoder_ids, pos)
+    if kept is None:
+        return z, encoder_ids, pos
+    idx, values = kept if isinstance(kept, tuple) else (kept, None)
+    z = values if values is not None else torch.gather(z, 1, idx.unsqueeze(-1).expand(-1, -1, z.shape[-1]))
+    return z, encoder_ids[idx], torch.gather(pos, 1, idx)
 
 
 class MultiEncoderVLM(nn.Module):
@@ -72,21 +84,9 @@ class MultiEncoderVLM(nn.Module):
         return image_tensor(image, self.image_size, mode=self.cfg.image_mode, fill=self.cfg.encoders[0].mean)
 
     def run_encoder(self, name: str, images: torch.Tensor):
+        """Encoder ``name`` on (B, 3, H, W) images, Stage 1 at its pruning points (:meth:`EncoderAdapter.run_pruned`)."""
         adapter = self.encoders[name]
-        state = adapter.embed(adapter.preprocess(images))
-        start = 0
-        for j, b in enumerate(adapter.prune_points):
-            state = adapter.run_blocks(state, start, b + 1)
-            start = b + 1
-            if self.stage1 is not None:
-                kept = self.stage1(name, j, state, adapter)
-                if kept is not None:
-                    idx, x = kept if isinstance(kept, tuple) else (kept, None)
-                    state = state.gather(idx)
-                    if x is not None:  # a merging policy (PruMerge+) updated the kept tokens' values
-                        state = replace(state, x=x)
-        state = adapter.run_blocks(state, start, adapter.depth)
-        return adapter.finalize(state)
+        return adapter.finalize(adapter.run_pruned(adapter.embed(adapter.preprocess(images)), name, self.stage1))
 
     def encode_images(self, images: torch.Tensor) -> VisualTokens:
         """(B, 3, H, W) floats in [0, 1] → visual tokens in the LLM's space."""
@@ -101,12 +101,8 @@ class MultiEncoderVLM(nn.Module):
             pos.append(s.pos)
         z, enc_ids, p = torch.cat(zs, 1), torch.cat(ids), torch.cat(pos, 1)
         if self.stage2 is not None:
-            kept = self.stage2(z, enc_ids, p)
-            if kept is not None:
-                idx, values = kept if isinstance(kept, tuple) else (kept, None)
-                z = values if values is not None else torch.gather(z, 1, idx.unsqueeze(-1).expand(-1, -1, z.shape[-1]))
-                p = torch.gather(p, 1, idx)
-                kept_ids = enc_ids[idx]  # (B, K)
+            z, kept_ids, p = apply_stage2(self.stage2, z, enc_ids, p)
+            if kept_ids.dim() == 2:  # (B, K): Stage 2 pruned
                 per = {n: (kept_ids == i).sum(1).tolist() for i, n in enumerate(states)}
                 return VisualTokens(z, kept_ids, p, per)
         per = {n: [s.x.shape[1]] * B for n, s in states.items()}

@@ -87,12 +87,12 @@ def estimate_ranks(
             return
         images = torch.stack(batch).to(device)
         for name, adapter in vlm.encoders.items():
-            state = adapter.embed(adapter.preprocess(images))
-            start = 0
-            for j, b in enumerate(adapter.prune_points):
-                state = adapter.run_blocks(state, start, b + 1)
-                start = b + 1
-                stats[name][j].update(feature_rank(adapter.feature_map(state).float(), method, grid).cpu())
+            def observe(j: int, state: Any, _name: str = name, _adapter: Any = adapter) -> None:
+                stats[_name][j].update(feature_rank(_adapter.feature_map(state).float(), method, grid).cpu())
+
+            points = adapter.prune_points
+            adapter.run_pruned(adapter.embed(adapter.preprocess(images)), name, observe=observe,
+                               end=points[-1] + 1 if points else 0)
         n_ok += len(batch)
         if progress is not None:
             progress(len(batch))
@@ -151,7 +151,8 @@ def ids_sha256(ids: Sequence[str]) -> str:
 def model_identity(spec: str, vlm: Any, weights_sha256: str | None) -> dict[str, Any]:
     """What identifies the model a part was computed with: the spec, a digest of its resolved
     configuration, and of its weight files (None for a preset, initialised from ``--seed``)."""
-    cfg = json.dumps(vlm.cfg.to_dict(), sort_keys=True, default=str)
+    resolved = vlm.cfg.to_dict() if hasattr(vlm, "cfg") else vlm.hf.config.to_dict()  # a transformers VLM: its config
+    cfg = json.dumps(resolved, sort_keys=True, default=str)
     return {"spec": spec, "config_sha256": hashlib.sha256(cfg.encode()).hexdigest(), "weights_sha256": weights_sha256}
 
 

@@ -224,11 +224,12 @@ def test_cli_calibrate_on_a_vlm(cli, dirs, synth, tmp_path):
     assert cal["n"] == 4 and cal["achieved"] > 0
 
 
-def test_allocation_is_refused_for_a_vlm(cli, dirs, synth, tmp_path):
-    (tmp_path / "a.json").write_text("{}")
-    res = cli("rank-estimate", "--model", str(dirs["llava"]), "--data", str(synth / "train.json"), "--out", "r.json")
-    assert res.exit_code != 0
-    assert "transformers LlavaForConditionalGeneration" in res.output
+def test_allocation_is_refused_for_a_vlm_without_a_tower_adapter(cli, dirs, synth, tmp_path):
+    res = cli("rank-estimate", "--model", str(dirs["llava_next"]), "--data", str(synth / "train.json"), "--out", "r.json")
+    assert res.exit_code == 2
+    assert "LlavaNextForConditionalGeneration" in res.output and "anyres tile" in res.output
+    res = cli("train", "--model", str(dirs["llava"]), "--data", str(synth / "train.json"), "--out", "ck")
+    assert res.exit_code == 2 and "flops" in res.output  # the list of commands that take the directory
 
 
 @pytest.mark.parametrize("n", [3, 5])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 from torch import nn
@@ -178,6 +179,34 @@ class EncoderAdapter(nn.Module):
         p = cls.prefix_tokens(cfg)
         return (cls.embed_macs(cfg) + sum(cls.block_macs(cfg, b, n + p) for b, n in enumerate(tokens))
                 + cls.finalize_macs(cfg, final))
+
+    def run_pruned(self, state: TokenState, name: str, stage1: Callable[..., Any] | None = None, *,
+                   observe: Callable[[int, TokenState], None] | None = None, end: int | None = None) -> TokenState:
+        """The one block loop of Stage 1: from the embedded ``state``, run the blocks up to each
+        pruning point j, then ``observe(j, state)`` (rank estimation) and the Stage-1 hook
+        ``stage1(name, j, state, self)`` (kept indices, or ``(indices, new values)`` of a merging
+        policy, or None), then the remaining blocks up to ``end`` (default: all). Not finalized.
+
+        Every model that prunes inside an encoder calls this: meteor's own encoders
+        (:meth:`~meteor_cli.model.vlm.MultiEncoderVLM.run_encoder`), EAGLE's towers (the same
+        path), transformers LLaVA's CLIP tower (:mod:`meteor_cli.model.hf_vlm.tower`) and
+        :func:`~meteor_cli.pruning.estimate.estimate_ranks` (``observe``, no hook).
+        """
+        start = 0
+        for j, b in enumerate(self.prune_points):
+            state = self.run_blocks(state, start, b + 1)
+            start = b + 1
+            if observe is not None:
+                observe(j, state)
+            if stage1 is not None:
+                kept = stage1(name, j, state, self)
+                if kept is not None:
+                    idx, x = kept if isinstance(kept, tuple) else (kept, None)
+                    state = state.gather(idx)
+                    if x is not None:  # a merging policy (PruMerge+, VisionZip) updated the kept tokens' values
+                        state = replace(state, x=x)
+        stop = self.depth if end is None else end
+        return self.run_blocks(state, start, stop) if stop > start else state
 
     def forward_segments(self, pixels: torch.Tensor) -> TokenState:
         """Embed, all blocks, finalize — through the segment API, without pruning."""

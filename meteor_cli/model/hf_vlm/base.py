@@ -145,8 +145,10 @@ class HFVisionLanguageModel(nn.Module):
 
     #: The transformers class this family loads (``LlavaForConditionalGeneration``…).
     hf_class: ClassVar[str] = ""
-    #: Name of the one encoder in reports (``per_encoder``).
+    #: Name of the one encoder in reports (``per_encoder``), ranks and allocations.
     tower: ClassVar[str] = "vision"
+    #: Why Stage 1 cannot run on this family's tower (None where it can: :attr:`encoders` is then the tower).
+    stage1_missing: ClassVar[str | None] = "this family's vision tower has no Stage-1 adapter"
 
     def __init__(self, hf: nn.Module, processor: Any, source: str | Path | None = None) -> None:
         super().__init__()
@@ -154,9 +156,11 @@ class HFVisionLanguageModel(nn.Module):
         self.processor = processor
         self.source = None if source is None else str(source)
         self.processor.tokenizer.padding_side = "left"
-        #: Stage 1-2 hooks of MultiEncoderVLM; a VLM family has no multi-encoder fusion.
+        #: Stage 1-2 hooks as on MultiEncoderVLM (``meteor_cli.eval.runner.install_pruning``): they run on
+        #: the tower of families with a Stage-1 adapter (:attr:`encoders`; LLaVA-1.5).
         self.stage1: Any = None
         self.stage2: Any = None
+        self._adapters: dict[str, Any] = {}  # a plain dict: the adapter wraps hf's tower, not a second copy
 
     # -- loading -----------------------------------------------------------------------------
 
@@ -259,6 +263,34 @@ class HFVisionLanguageModel(nn.Module):
         raise UsageError(f"meteor flops has no vision-tower count for {cls.hf_class}",
                          "a family module implements visual_geometry() and vision_parts() to be counted")
 
+    # -- Stage 1 on the tower (families with an adapter: LLaVA-1.5, meteor_cli.model.hf_vlm.tower) --
+
+    @classmethod
+    def require_stage1(cls, what: str = "Stage 1") -> None:
+        """A :class:`UsageError` naming why ``what`` cannot run on this family (nothing where it can)."""
+        if cls.stage1_missing is not None:
+            raise UsageError(f"{what} is not available for {cls.hf_class}: {cls.stage1_missing}",
+                             "prune this model in the LLM with --prune-llm (Stage 3); Stage 1 runs on "
+                             "LlavaForConditionalGeneration directories")
+
+    @property
+    def encoders(self) -> dict[str, Any]:
+        """``{tower name: encoder adapter}`` as meteor's Stage 1 and rank estimation see the tower;
+        empty for families without a Stage-1 adapter (:attr:`stage1_missing`)."""
+        return {}
+
+    def image_tensor(self, image: Any) -> torch.Tensor:
+        """One PIL image → (3, S, S) ``pixel_values`` as the model's processor makes them (rank estimation)."""
+        self.require_stage1("rank-estimate")
+        return self.processor.image_processor(images=[image], return_tensors="pt")["pixel_values"][0]
+
+    def prune_vision(self, features: dict[str, Any], starts: list[int],
+                     lens: list[int]) -> tuple[dict[str, Any], list[int], list[int]]:
+        """Run the tower with :attr:`stage1` / :attr:`stage2` and rewrite the batch to carry the kept
+        features: (features, span starts, span lengths)."""
+        self.require_stage1()
+        raise AssertionError("unreachable")  # pragma: no cover
+
     # -- inputs ------------------------------------------------------------------------------
 
     def chat_text(self, prompt: str) -> str:
@@ -303,10 +335,11 @@ class HFVisionLanguageModel(nn.Module):
             raise UsageError(f"training a {self.hf_class} is not supported by meteor",
                              "fine-tune with transformers, then evaluate/prune the saved directory here")
         feats = self.process(images, prompts)
-        mask = feats["attention_mask"]
-        starts, lens = self.visual_spans(feats["input_ids"], mask)
+        starts, lens = self.visual_spans(feats["input_ids"], feats["attention_mask"])
+        if self.stage1 is not None or self.stage2 is not None:
+            feats, starts, lens = self.prune_vision(feats, starts, lens)
         L = feats["input_ids"].shape[1]
-        inputs = HFInputs(feats, mask, starts, lens, [L] * len(lens))
+        inputs = HFInputs(feats, feats["attention_mask"], starts, lens, [L] * len(lens))
         sizes = [tuple(int(x) for x in im.size) for im in images if hasattr(im, "size") and not callable(im.size)]
         return inputs, VisionSummary({self.tower: list(lens)}, inputs, sizes)  # type: ignore[arg-type]
 

@@ -124,11 +124,35 @@ def linear_macs(module: nn.Module, n: float) -> float:
     return n * sum(m.in_features * m.out_features for m in module.modules() if isinstance(m, nn.Linear))
 
 
+def stage1_tower_macs(fam: Any, hf: nn.Module, directory: str | Path, allocation: dict[str, Any]) -> tuple[float, int, dict[str, Any]]:
+    """(tower MACs, tokens leaving Stages 1-2, detail) of one tower pass with ``allocation``'s Stage-1
+    budgets: the patch embedding on every patch, then block b (b < the depth up to
+    ``vision_feature_layer``) on ``per_block[b] + 1`` tokens (CLS included) —
+    :func:`meteor_cli.flops.stage1_tokens` of the pruning points — and no block after the selected
+    layer (the pruned path does not run them); Stage 2 caps what leaves at ``stage2.keep``."""
+    from meteor_cli import flops as F
+    from meteor_cli.model.hf_vlm.tower import tower_config
+    from meteor_cli.pruning.allocation import check_allocation_fits
+
+    fam.require_stage1("flops --allocation")
+    tcfg = tower_config(fam.tower, hf.config, image_processor_settings(directory))
+    check_allocation_fits(allocation, {fam.tower: tcfg}, name="--allocation")
+    keep = list(allocation["stage1"]["encoders"][fam.tower]["keep"])
+    per_block, final = F.stage1_tokens(tcfg.num_tokens, tcfg.depth, tcfg.prune_points or [], keep)
+    embed, blocks, _, attn_dim = fam.vision_parts(hf)
+    macs = conv_macs(embed, tcfg.num_tokens) + sum(block_macs(blocks[b], n + 1, attn_dim) for b, n in enumerate(per_block))
+    out = min(int(final), int(allocation["stage2"]["keep"]))
+    return macs, out, {"native": tcfg.num_tokens, "blocks_run": tcfg.depth, "points": tcfg.prune_points, "keep": keep, "per_block": per_block,
+                       "stage1_out": int(final), "stage2_out": out}
+
+
 def count_hf_vlm(directory: str | Path, image_size: tuple[int, int] | None, s3: dict[str, Any] | None, convention: str,
-                 text: int, new_tokens: int, stage3_kept: list[float] | None) -> dict[str, Any]:
+                 text: int, new_tokens: int, stage3_kept: list[float] | None,
+                 allocation: dict[str, Any] | None = None) -> dict[str, Any]:
     """The analytic count (a ``meteor.flops`` body, same keys as for meteor's models) of the
     transformers VLM in ``directory`` for one image of ``image_size`` (W, H; None: the family's
-    default) with the Stage-3 settings ``s3`` (a prune-llm body) — nothing but JSON is read."""
+    default) with the Stage-1/2 budgets of ``allocation`` (LLaVA-1.5: :func:`stage1_tower_macs`)
+    and the Stage-3 settings ``s3`` (a prune-llm body) — nothing but JSON is read."""
     from meteor_cli import flops as F
     from meteor_cli.cli.flops import stage3_counts
     from meteor_cli.model.hf_vlm import family_of
@@ -146,13 +170,21 @@ def count_hf_vlm(directory: str | Path, image_size: tuple[int, int] | None, s3: 
     scale = 2 if convention == "flops" else 1
 
     rep = F.FlopReport(convention)
-    tower = conv_macs(embed, geo.embed_positions) + sum(block_macs(b, geo.tower_tokens, attn_dim) for b in blocks)
-    rep.add(f"encoder/{fam.tower}", scale * geo.tower_passes * tower,
-            f"{geo.tower_passes} pass(es) x {len(blocks)} blocks x {geo.tower_tokens} tokens")
-    rep.add("projector/vision", scale * linear_macs(projector, geo.projector_tokens))
+    n_vis = geo.tokens
+    stage1 = None
+    if allocation is not None:
+        tower, kept, stage1 = stage1_tower_macs(fam, hf, directory, allocation)
+        rep.add(f"encoder/{fam.tower}", scale * tower,
+                f"{stage1['blocks_run']} blocks, patch tokens per block {stage1['per_block']} (+ CLS)")
+        n_vis = kept + (geo.tokens - stage1["native"])  # the CLS feature stays under `full`
+        rep.add("projector/vision", scale * linear_macs(projector, n_vis))
+    else:
+        tower = conv_macs(embed, geo.embed_positions) + sum(block_macs(b, geo.tower_tokens, attn_dim) for b in blocks)
+        rep.add(f"encoder/{fam.tower}", scale * geo.tower_passes * tower,
+                f"{geo.tower_passes} pass(es) x {len(blocks)} blocks x {geo.tower_tokens} tokens")
+        rep.add("projector/vision", scale * linear_macs(projector, geo.projector_tokens))
 
     dims = F.LLMDims.from_hf_config(cfg.get_text_config())
-    n_vis = geo.tokens
     source = None
     if s3:
         rec = (s3.get("model") or {}).get("num_layers")
@@ -173,6 +205,8 @@ def count_hf_vlm(directory: str | Path, image_size: tuple[int, int] | None, s3: 
     out["text_tokens"], out["new_tokens"] = text, new_tokens
     out["model"] = {"family": fam.__name__, "hf_class": fam.hf_class, "weights_read": False}
     out["image"] = {"size": list(size), "default": image_size is None, **asdict(geo)}
+    if stage1 is not None:
+        out["stage1"] = stage1
     return out
 
 

@@ -34,6 +34,8 @@ class LlavaNext(HFVisionLanguageModel):
     """LLaVA-NeXT (LLaVA-1.6) from a local transformers directory."""
 
     hf_class = "LlavaNextForConditionalGeneration"
+    stage1_missing = ("Stage 1 per anyres tile (base tile + tiles, newline tokens rebuilt with the kept grid) is not "
+                      "built yet")
 
     @classmethod
     def visual_geometry(cls, config: Any, image_processor: dict[str, Any], processor: dict[str, Any],

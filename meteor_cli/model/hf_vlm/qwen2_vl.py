@@ -34,6 +34,8 @@ class Qwen2VL(HFVisionLanguageModel):
     """Qwen2-VL from a local transformers directory."""
 
     hf_class = "Qwen2VLForConditionalGeneration"
+    stage1_missing = ("its tower (variable-size patch sequences in cu_seqlens windows, 2x2 patch merging before the "
+                      "LLM, M-RoPE ids tied to the merged grid) needs its own Stage-1 adapter, which meteor does not have")
 
     @classmethod
     def default_image_size(cls, config: Any) -> tuple[int, int]:
