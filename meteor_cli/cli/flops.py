@@ -25,9 +25,12 @@ Models whose unpruned prefill exceeds :data:`FVCORE_MAX_MACS` are refused (use `
 
 A transformers VLM directory (LLaVA-1.5, LLaVA-NeXT, Qwen2-VL) is counted by
 :mod:`meteor_cli.model.hf_vlm.flops` on the meta device (no weights read), for one image of
-``--image-size``; Stage 3 from ``--prune-llm`` as above; ``--allocation`` on LLaVA-1.5 (its CLIP
-tower pruned at the three points, only the layers up to ``vision_feature_layer`` run), refused
-with the reason for the others; ``--count fvcore`` is refused for all of them::
+``--image-size``; Stage 3 from ``--prune-llm`` as above; ``--allocation`` on LLaVA-1.5 and
+LLaVA-NeXT (the CLIP tower pruned at the three points, only the layers up to
+``vision_feature_layer`` run; on LLaVA-NeXT the budgets apply to every anyres tile, and the kept
+grid tokens and newlines the LLM gets are estimated: see
+:meth:`~meteor_cli.model.hf_vlm.llava_next.LlavaNext.pruned_tokens`), refused with the reason for
+Qwen2-VL; ``--count fvcore`` is refused for all of them::
 
     meteor flops --model llava-v1.6-vicuna-7b-hf/ --image-size 1024x768 --prune-llm fixed-64.json
 """

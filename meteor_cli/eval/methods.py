@@ -130,6 +130,9 @@ class ModelShape:
     heads: int
     encoders: dict[str, tuple[int, list[int]]]  # name → (native tokens, pruning points)
     cfg: Any = None
+    #: Where not None, the budget counts tokens per crop of the tower (LLaVA-NeXT's anyres tiles: the
+    #: family's class name) and only Stage-1/2 methods take it: the LLM's span depends on the image size.
+    per_tile: str | None = None
 
 
 def model_shape(spec: str) -> ModelShape:
@@ -162,11 +165,12 @@ def model_shape(spec: str) -> ModelShape:
 
 def hf_model_shape(spec: str, fam: Any) -> ModelShape:
     """The :class:`ModelShape` of a transformers VLM directory whose tower Stage 1 prunes (LLaVA-1.5:
-    a fixed ``(tile/patch)²`` visual tokens, one encoder named as the family's tower); built on meta.
+    a fixed ``(tile/patch)²`` visual tokens, one encoder named as the family's tower; LLaVA-NeXT:
+    the same per anyres tile, :attr:`ModelShape.per_tile` set); built on meta.
 
     Raises:
         UsageError: a family without a Stage-1 adapter (its visual-token count also depends on the
-            image size: LLaVA-NeXT's anyres tiles, Qwen2-VL's dynamic resolution).
+            image size: Qwen2-VL's dynamic resolution).
     """
     from meteor_cli.model.hf_vlm.flops import image_processor_settings
     from meteor_cli.model.hf_vlm.tower import tower_config
@@ -180,8 +184,10 @@ def hf_model_shape(spec: str, fam: Any) -> ModelShape:
     tcfg = tower_config(fam.tower, hf.config, image_processor_settings(spec))
     text = hf.config.get_text_config()
     full = hf.config.vision_feature_select_strategy == "full"
+    tiled = "image_grid_pinpoints" in hf.config.to_dict()  # anyres: the budget is per tile
     return ModelShape(tcfg.num_tokens + (1 if full else 0), int(text.num_hidden_layers), int(text.num_attention_heads),
-                      {fam.tower: (tcfg.num_tokens, list(tcfg.prune_points or []))}, None)
+                      {fam.tower: (tcfg.num_tokens, list(tcfg.prune_points or []))}, None,
+                      fam.hf_class if tiled else None)
 
 
 def parse_budgets(n: int, *, budget: float | None = None, visual_tokens: int | None = None,
@@ -328,6 +334,15 @@ def build_setting(method: str, target: int | None, shape: ModelShape, *, ranks: 
         return EvalSetting("unpruned")
     if target is None:
         raise UsageError(f"--method {method} needs a budget", "add --budget F, --visual-tokens T or --sweep V1,V2,...")
+    stage = (1 if method in STAGE1_METHODS else 2 if method in STAGE2_METHODS else 3 if method in ("dart", "fastv", "pdrop")
+             else 0 if method == "meteor" else policy_stage(method))
+    if shape.per_tile is not None and stage not in (1, 2):
+        raise UsageError(f"on {shape.per_tile} a budget counts tokens per "
+                         f"anyres tile (of {shape.visual_tokens}), which Stage-1/2 methods keep in every tile; the LLM's "
+                         "visual span (base tile + unpadded grid + newlines) depends on the image size, so no Stage-3 "
+                         "schedule can be solved for it here",
+                         "run Stage-1/2 methods here (e.g. --method visionzip); for Stage 3 write settings with "
+                         "meteor prune-llm --model DIR --method fastv ... and pass --prune-llm (without --method)")
     if method == "meteor":
         missing = [o for o, v in (("--ranks", ranks), ("--prune-llm", prune_llm)) if v is None]
         if missing:
@@ -354,8 +369,6 @@ def build_setting(method: str, target: int | None, shape: ModelShape, *, ranks: 
         r = pdrop_ratio(n, target, L, pts)
         return EvalSetting("pdrop", target, None, _stage3("pdrop", shape, layers=pts, query="last-instruction",
                                                          ratios=[round(r ** (i + 1), 4) for i in range(len(pts))]))
-    stage = (1 if method in STAGE1_METHODS else 2 if method in STAGE2_METHODS else 3 if method == "dart"
-             else policy_stage(method))
     if stage == 3:
         from dataclasses import fields
 

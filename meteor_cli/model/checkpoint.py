@@ -308,12 +308,12 @@ def require_meteor_model(spec: str) -> None:
     if fam is not None:
         raise UsageError(f"{spec} is a transformers {fam.hf_class} directory, which has no meteor multi-encoder "
                          "config", "this command takes meteor models; eval, infer, prune-llm (incl. --calibrate), flops "
-                         "and inspect take this directory (and rank-estimate/allocate that of a LLaVA-1.5 model)")
+                         "and inspect take this directory (and rank-estimate/allocate that of a LLaVA-1.5 or LLaVA-NeXT model)")
 
 
 def require_stage1_model(spec: str, what: str) -> None:
     """Refuse, naming why, a transformers VLM directory whose tower Stage 1 cannot prune (``what``:
-    the command or option); meteor's own models and LLaVA-1.5 directories pass."""
+    the command or option); meteor's own models and LLaVA-1.5 / LLaVA-NeXT directories pass."""
     from meteor_cli.model.hf_vlm import family_of
 
     fam = family_of(spec)

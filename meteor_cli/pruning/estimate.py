@@ -74,7 +74,9 @@ def estimate_ranks(
     """Accumulate ranks over ``records`` ((index, record) pairs); returns the artifact body.
 
     Unreadable images are skipped and counted; an image path outside ``image_root`` is an error
-    unless ``allow_outside_root`` (see :func:`~meteor_cli.data.llava.resolve_image`).
+    unless ``allow_outside_root`` (see :func:`~meteor_cli.data.llava.resolve_image`). A model whose
+    ``image_tensor`` gives several crops per image (LLaVA-NeXT's anyres tiles) has each crop
+    counted as one sample of the rank statistics (``n_images`` still counts images).
     """
     stats = {n: [RunningStats() for _ in e.prune_points] for n, e in vlm.encoders.items()}
     failed: list[str] = []
@@ -85,7 +87,8 @@ def estimate_ranks(
         nonlocal n_ok
         if not batch:
             return
-        images = torch.stack(batch).to(device)
+        # (3, S, S) per image, or (tiles, 3, S, S) for LLaVA-NeXT's anyres tiles: each tile one sample
+        images = torch.cat([t.unsqueeze(0) if t.dim() == 3 else t for t in batch]).to(device)
         for name, adapter in vlm.encoders.items():
             def observe(j: int, state: Any, _name: str = name, _adapter: Any = adapter) -> None:
                 stats[_name][j].update(feature_rank(_adapter.feature_map(state).float(), method, grid).cpu())

@@ -225,9 +225,9 @@ def test_cli_calibrate_on_a_vlm(cli, dirs, synth, tmp_path):
 
 
 def test_allocation_is_refused_for_a_vlm_without_a_tower_adapter(cli, dirs, synth, tmp_path):
-    res = cli("rank-estimate", "--model", str(dirs["llava_next"]), "--data", str(synth / "train.json"), "--out", "r.json")
+    res = cli("rank-estimate", "--model", str(dirs["qwen2_vl"]), "--data", str(synth / "train.json"), "--out", "r.json")
     assert res.exit_code == 2
-    assert "LlavaNextForConditionalGeneration" in res.output and "anyres tile" in res.output
+    assert "Qwen2VLForConditionalGeneration" in res.output and "Stage-1 adapter" in res.output
     res = cli("train", "--model", str(dirs["llava"]), "--data", str(synth / "train.json"), "--out", "ck")
     assert res.exit_code == 2 and "flops" in res.output  # the list of commands that take the directory
 

@@ -188,6 +188,11 @@ def test_cli_rank_estimate_allocate_eval_allocation(cli, hf_vlm_dirs, synth, tmp
     assert len(rows) == 4 and all(r["visual_tokens"] == 6 and r["per_encoder"] == {"vision": 6} for r in rows)
     result = json.loads((tmp_path / "m.json").read_text())["results"][0]
     assert result["tokens"]["stage1_per_encoder"] == {"vision": 6}
+    res = cli("infer", "--model", d, "--questions", str(synth / "eval" / "questions.jsonl"), "--image-root", str(synth),
+              "--allocation", "a.json", "--max-new-tokens", "2", "--out", "a.jsonl", "-q")
+    assert res.exit_code == 0, res.output
+    meta = json.loads((tmp_path / "a.jsonl").read_text().splitlines()[0])["metadata"]
+    assert meta["visual_tokens"] == 6 and meta["stage2"] == {"vision": 6}
 
 
 def test_cli_methods_side_by_side_at_one_budget(cli, hf_vlm_dirs, synth, tmp_path):
@@ -206,6 +211,5 @@ def test_stage1_refused_with_the_reason_where_there_is_no_adapter(cli, hf_vlm_di
     q = str(hf_vlm_dirs["qwen2_vl"])
     res = cli("rank-estimate", "--model", q, "--data", str(synth / "train.json"), "--out", "r.json")
     assert res.exit_code == 2 and "own Stage-1 adapter" in res.output
-    res = cli("eval", "--model", str(hf_vlm_dirs["llava_next"]), "--data", str(synth), "--method", "visionzip",
-              "--visual-tokens", "4", "--out", "m.json")
-    assert res.exit_code == 2 and "anyres tile" in res.output and "prune-llm" in res.output
+    res = cli("eval", "--model", q, "--data", str(synth), "--method", "visionzip", "--visual-tokens", "4", "--out", "m.json")
+    assert res.exit_code == 2 and "own Stage-1 adapter" in res.output and "prune-llm" in res.output

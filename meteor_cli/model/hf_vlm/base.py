@@ -63,12 +63,14 @@ class VisionSummary:
     """Visual tokens per sample, in the shape ``run_questions`` reports (one encoder: the tower).
 
     ``inputs`` (the processed batch) and ``image_sizes`` ((W, H) per sample) let
-    :class:`HFKeptRecorder` place each visual token on its image grid.
+    :class:`HFKeptRecorder` place each visual token on its image grid; ``kept_owners`` (set when
+    Stages 1-2 pruned the tower) says where each token of a pruned span came from.
     """
 
     per_encoder: dict[str, list[int]] = field(default_factory=dict)
     inputs: HFInputs | None = field(default=None, repr=False)
     image_sizes: list[tuple[int, int]] = field(default_factory=list)
+    kept_owners: list[TokenOwners] | None = field(default=None, repr=False)
 
 
 #: Where each token of one sample's visual span sits: (grid name, raster position), or None for a
@@ -95,10 +97,11 @@ class TokenLayout:
 class HFKeptRecorder:
     """:func:`meteor_cli.visualize.recorder_for`'s recorder for a transformers VLM.
 
-    These models have no Stage 1 or 2, so nothing is hooked: entering and leaving do nothing, and
-    :meth:`traces` reads the batch kept on the :class:`VisionSummary` and the Stage-3 session's kept
-    indices (chained layer after layer, as for meteor's models). Each sample's trace has an
-    ``input`` panel (every visual token on its grid) and one panel per Stage-3 layer and grid.
+    Nothing is hooked: entering and leaving do nothing, and :meth:`traces` reads the batch kept on
+    the :class:`VisionSummary` and the Stage-3 session's kept indices (chained layer after layer, as
+    for meteor's models). Each sample's trace has an ``input`` panel (every visual token on its
+    grid), after Stages 1-2 on the tower a ``stage2`` panel ("S1-2": the tokens the LLM got, from
+    :attr:`VisionSummary.kept_owners`), and one panel per Stage-3 layer and grid.
     """
 
     def __init__(self, vlm: HFVisionLanguageModel) -> None:
@@ -119,16 +122,22 @@ class HFKeptRecorder:
         out = []
         for b, n in enumerate(vis.inputs.visual_len):
             lay = self.vlm.token_layout(vis.inputs, b, vis.image_sizes[b] if b < len(vis.image_sizes) else None)
+            full = lay.owners
+            if vis.kept_owners is not None:
+                lay = TokenLayout(lay.grids, vis.kept_owners[b], lay.crops)
             if len(lay.owners) != n:
                 raise InvalidInputError(f"sample {b}: the layout places {len(lay.owners)} visual tokens but the "
                                         f"span has {n}", "the processor and the model config disagree; re-save them together")
             names = list(lay.grids)
 
-            def on(grid: str, idx: list[int], _owners: TokenOwners = lay.owners) -> list[int]:
-                return sorted(o[1] for i in idx if (o := _owners[i]) is not None and o[0] == grid)
+            def on(grid: str, idx: list[int], _owners: TokenOwners | None = None, _lay: TokenLayout = lay) -> list[int]:
+                src = _lay.owners if _owners is None else _owners
+                return sorted(o[1] for i in idx if (o := src[i]) is not None and o[0] == grid)
 
             current = list(range(n))
-            panels = [Panel(g, "input", "input", on(g, current)) for g in names]
+            panels = [Panel(g, "input", "input", on(g, list(range(len(full))), full)) for g in names]
+            if vis.kept_owners is not None:
+                panels += [Panel(g, "stage2", "S1-2", on(g, current)) for g in names]
             for layer in sorted(sess.kept) if sess is not None and sess.kept else []:
                 current = [current[int(i)] for i in sess.kept[layer][b].tolist()]
                 panels += [Panel(g, f"stage3/{layer}", f"S3 L{layer}", on(g, current), int(layer)) for g in names]
@@ -157,7 +166,7 @@ class HFVisionLanguageModel(nn.Module):
         self.source = None if source is None else str(source)
         self.processor.tokenizer.padding_side = "left"
         #: Stage 1-2 hooks as on MultiEncoderVLM (``meteor_cli.eval.runner.install_pruning``): they run on
-        #: the tower of families with a Stage-1 adapter (:attr:`encoders`; LLaVA-1.5).
+        #: the tower of families with a Stage-1 adapter (:attr:`encoders`; LLaVA-1.5, LLaVA-NeXT per tile).
         self.stage1: Any = None
         self.stage2: Any = None
         self._adapters: dict[str, Any] = {}  # a plain dict: the adapter wraps hf's tower, not a second copy
@@ -263,7 +272,15 @@ class HFVisionLanguageModel(nn.Module):
         raise UsageError(f"meteor flops has no vision-tower count for {cls.hf_class}",
                          "a family module implements visual_geometry() and vision_parts() to be counted")
 
-    # -- Stage 1 on the tower (families with an adapter: LLaVA-1.5, meteor_cli.model.hf_vlm.tower) --
+    @classmethod
+    def pruned_tokens(cls, geo: Any, kept: int, native: int) -> tuple[float, float, dict[str, Any]]:
+        """(visual tokens into the LLM, features through the projector, detail) when every tower pass
+        lets ``kept`` of its ``native`` patch tokens out of Stages 1-2 (``meteor flops --allocation``):
+        here one pass, its kept tokens plus the CLS feature under ``full``."""
+        n = kept + (geo.tokens - native)
+        return n, n, {}
+
+    # -- Stage 1 on the tower (LLaVA-1.5, LLaVA-NeXT per tile: meteor_cli.model.hf_vlm.tower) --
 
     @classmethod
     def require_stage1(cls, what: str = "Stage 1") -> None:
@@ -271,25 +288,67 @@ class HFVisionLanguageModel(nn.Module):
         if cls.stage1_missing is not None:
             raise UsageError(f"{what} is not available for {cls.hf_class}: {cls.stage1_missing}",
                              "prune this model in the LLM with --prune-llm (Stage 3); Stage 1 runs on "
-                             "LlavaForConditionalGeneration directories")
+                             "LlavaForConditionalGeneration and LlavaNextForConditionalGeneration directories")
 
     @property
     def encoders(self) -> dict[str, Any]:
-        """``{tower name: encoder adapter}`` as meteor's Stage 1 and rank estimation see the tower;
-        empty for families without a Stage-1 adapter (:attr:`stage1_missing`)."""
-        return {}
+        """``{tower name: encoder adapter}`` as meteor's Stage 1 and rank estimation see the tower:
+        the model's own CLIP ``vision_tower`` as one meteor encoder
+        (:class:`~meteor_cli.model.hf_vlm.tower.HFCLIPTower`) named :attr:`tower`, up to
+        ``vision_feature_layer``, pruned at ``round(L·j/3)−1``. Empty for families without a
+        Stage-1 adapter (:attr:`stage1_missing`)."""
+        if self.stage1_missing is not None:
+            return {}
+        if self.tower not in self._adapters:
+            from meteor_cli.model.hf_vlm.llava import saved_image_processor
+            from meteor_cli.model.hf_vlm.tower import HFCLIPTower, tower_config
+
+            cfg = tower_config(self.tower, self.hf.config, saved_image_processor(self.processor))
+            self._adapters[self.tower] = HFCLIPTower(cfg, self.hf.model.vision_tower)
+        return dict(self._adapters)
 
     def image_tensor(self, image: Any) -> torch.Tensor:
-        """One PIL image → (3, S, S) ``pixel_values`` as the model's processor makes them (rank estimation)."""
+        """One PIL image → ``pixel_values`` as the model's processor makes them (rank estimation):
+        (3, S, S) for LLaVA-1.5, (tiles, 3, S, S) for LLaVA-NeXT (each tile one sample)."""
         self.require_stage1("rank-estimate")
         return self.processor.image_processor(images=[image], return_tensors="pt")["pixel_values"][0]
 
+    def tower_pixels(self, features: dict[str, Any]) -> torch.Tensor:
+        """The (N, 3, S, S) crops the tower runs on for a processed batch (one per image here;
+        LLaVA-NeXT: every image's tiles, concatenated)."""
+        return features["pixel_values"]
+
+    def pack_kept(self, z: torch.Tensor, pos: torch.Tensor,
+                  features: dict[str, Any]) -> tuple[list[torch.Tensor], list[TokenOwners]]:
+        """Each sample's features for the LLM from the kept, projected tower tokens ``z`` (N, k, d)
+        and their grid positions ``pos`` (N, k), one row per :meth:`tower_pixels` crop (here one per
+        sample, in the order Stage 1 left them; LLaVA-NeXT rebuilds its anyres packing), and where
+        each feature sits (:data:`TokenOwners`, on the grids of :meth:`token_layout`)."""
+        extra = int(z.shape[1]) - int(pos.shape[1])  # the CLS feature first under `full`: on no grid
+        owners: list[TokenOwners] = [[None] * extra + [(self.tower, int(p)) for p in row] for row in pos.tolist()]
+        return list(z.unbind(0)), owners
+
     def prune_vision(self, features: dict[str, Any], starts: list[int],
-                     lens: list[int]) -> tuple[dict[str, Any], list[int], list[int]]:
-        """Run the tower with :attr:`stage1` / :attr:`stage2` and rewrite the batch to carry the kept
-        features: (features, span starts, span lengths)."""
+                     lens: list[int]) -> tuple[dict[str, Any], list[int], list[int], list[TokenOwners]]:
+        """Tower → Stage 1 → projector (→ Stage 2) on :meth:`tower_pixels`, packed per sample by
+        :meth:`pack_kept`; then ``input_ids`` with one placeholder per kept feature and the
+        features passed as ``mm_encoder_outputs`` (no ``pixel_values``) to the unmodified
+        forward/generate: (features, span starts, span lengths, owners of the span tokens)."""
         self.require_stage1()
-        raise AssertionError("unreachable")  # pragma: no cover
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        from meteor_cli.model.hf_vlm.tower import project_tower, rebuild_inputs
+
+        adapter = self.encoders[self.tower]
+        full = self.hf.config.vision_feature_select_strategy == "full"
+        z, pos = project_tower(adapter, self.tower, self.tower_pixels(features), self.hf.model.multi_modal_projector,
+                               full=full, stage1=self.stage1, stage2=self.stage2)
+        feats, owners = self.pack_kept(z, pos, features)
+        n = [int(f.shape[0]) for f in feats]
+        rest = {k: v for k, v in features.items() if k != "pixel_values"}
+        out, new_starts = rebuild_inputs(rest, starts, lens, n, self.image_token_id, int(self.tokenizer.pad_token_id or 0))
+        out["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=feats)}
+        return out, new_starts, n, owners
 
     # -- inputs ------------------------------------------------------------------------------
 
@@ -336,12 +395,13 @@ class HFVisionLanguageModel(nn.Module):
                              "fine-tune with transformers, then evaluate/prune the saved directory here")
         feats = self.process(images, prompts)
         starts, lens = self.visual_spans(feats["input_ids"], feats["attention_mask"])
+        owners = None
         if self.stage1 is not None or self.stage2 is not None:
-            feats, starts, lens = self.prune_vision(feats, starts, lens)
+            feats, starts, lens, owners = self.prune_vision(feats, starts, lens)
         L = feats["input_ids"].shape[1]
         inputs = HFInputs(feats, feats["attention_mask"], starts, lens, [L] * len(lens))
         sizes = [tuple(int(x) for x in im.size) for im in images if hasattr(im, "size") and not callable(im.size)]
-        return inputs, VisionSummary({self.tower: list(lens)}, inputs, sizes)  # type: ignore[arg-type]
+        return inputs, VisionSummary({self.tower: list(lens)}, inputs, sizes, owners)  # type: ignore[arg-type]
 
     # -- where the visual tokens sit (meteor infer --visualize) ------------------------------
 

@@ -125,11 +125,12 @@ def linear_macs(module: nn.Module, n: float) -> float:
 
 
 def stage1_tower_macs(fam: Any, hf: nn.Module, directory: str | Path, allocation: dict[str, Any]) -> tuple[float, int, dict[str, Any]]:
-    """(tower MACs, tokens leaving Stages 1-2, detail) of one tower pass with ``allocation``'s Stage-1
-    budgets: the patch embedding on every patch, then block b (b < the depth up to
-    ``vision_feature_layer``) on ``per_block[b] + 1`` tokens (CLS included) —
-    :func:`meteor_cli.flops.stage1_tokens` of the pruning points — and no block after the selected
-    layer (the pruned path does not run them); Stage 2 caps what leaves at ``stage2.keep``."""
+    """(tower MACs, tokens leaving Stages 1-2, detail) of ONE tower pass (one image, or one
+    LLaVA-NeXT tile: the budgets apply to every tile) with ``allocation``'s Stage-1 budgets: the
+    patch embedding on every patch, then block b (b < the depth up to ``vision_feature_layer``) on
+    ``per_block[b] + 1`` tokens (CLS included) — :func:`meteor_cli.flops.stage1_tokens` of the
+    pruning points — and no block after the selected layer (the pruned path does not run them);
+    Stage 2 caps what leaves at ``stage2.keep``."""
     from meteor_cli import flops as F
     from meteor_cli.model.hf_vlm.tower import tower_config
     from meteor_cli.pruning.allocation import check_allocation_fits
@@ -174,10 +175,12 @@ def count_hf_vlm(directory: str | Path, image_size: tuple[int, int] | None, s3: 
     stage1 = None
     if allocation is not None:
         tower, kept, stage1 = stage1_tower_macs(fam, hf, directory, allocation)
-        rep.add(f"encoder/{fam.tower}", scale * tower,
-                f"{stage1['blocks_run']} blocks, patch tokens per block {stage1['per_block']} (+ CLS)")
-        n_vis = kept + (geo.tokens - stage1["native"])  # the CLS feature stays under `full`
-        rep.add("projector/vision", scale * linear_macs(projector, n_vis))
+        rep.add(f"encoder/{fam.tower}", scale * geo.tower_passes * tower,
+                f"{geo.tower_passes} pass(es) x {stage1['blocks_run']} blocks, patch tokens per block "
+                f"{stage1['per_block']} (+ CLS)")
+        n_vis, proj_tokens, packing = fam.pruned_tokens(geo, kept, stage1["native"])
+        stage1.update(packing)
+        rep.add("projector/vision", scale * linear_macs(projector, proj_tokens))
     else:
         tower = conv_macs(embed, geo.embed_positions) + sum(block_macs(b, geo.tower_tokens, attn_dim) for b in blocks)
         rep.add(f"encoder/{fam.tower}", scale * geo.tower_passes * tower,

@@ -68,35 +68,6 @@ class Llava(HFVisionLanguageModel):
     hf_class = "LlavaForConditionalGeneration"
     stage1_missing = None  # the CLIP tower runs through meteor's Stage 1 (meteor_cli.model.hf_vlm.tower)
 
-    @property
-    def encoders(self) -> dict[str, Any]:
-        """The CLIP tower as one meteor encoder (:class:`~meteor_cli.model.hf_vlm.tower.HFCLIPTower`)
-        named :attr:`tower`, up to ``vision_feature_layer``, pruned at ``round(L·j/3)−1``."""
-        if self.tower not in self._adapters:
-            from meteor_cli.model.hf_vlm.tower import HFCLIPTower, tower_config
-
-            cfg = tower_config(self.tower, self.hf.config, saved_image_processor(self.processor))
-            self._adapters[self.tower] = HFCLIPTower(cfg, self.hf.model.vision_tower)
-        return dict(self._adapters)
-
-    def prune_vision(self, features: dict[str, Any], starts: list[int],
-                     lens: list[int]) -> tuple[dict[str, Any], list[int], list[int]]:
-        """Tower → Stage 1 → projector (→ Stage 2), then ``input_ids`` with one placeholder per kept
-        feature and the features passed as ``mm_encoder_outputs`` (no ``pixel_values``)."""
-        from transformers.modeling_outputs import BaseModelOutputWithPooling
-
-        from meteor_cli.model.hf_vlm.tower import project_tower, rebuild_inputs
-
-        adapter = self.encoders[self.tower]
-        full = self.hf.config.vision_feature_select_strategy == "full"
-        z, _ = project_tower(adapter, self.tower, features["pixel_values"], self.hf.model.multi_modal_projector,
-                             full=full, stage1=self.stage1, stage2=self.stage2)
-        n = [int(z.shape[1])] * z.shape[0]
-        rest = {k: v for k, v in features.items() if k != "pixel_values"}
-        out, new_starts = rebuild_inputs(rest, starts, lens, n, self.image_token_id, int(self.tokenizer.pad_token_id or 0))
-        out["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=list(z.unbind(0)))}
-        return out, new_starts, n
-
     @classmethod
     def visual_geometry(cls, config: Any, image_processor: dict[str, Any], processor: dict[str, Any],
                         size: tuple[int, int]) -> Any:
