@@ -80,7 +80,8 @@ def main(
         "--budget", min=0.0, max=1.0, help="--method budget as a fraction of the model's visual tokens.",
         show_default=False)] = None,
     visual_tokens: Annotated[int | None, typer.Option(
-        "--visual-tokens", min=1, help="--method budget in visual tokens (as VisionZip/DART report: 64, 128, 192).",
+        "--visual-tokens", min=1, help="--method budget in visual tokens (as VisionZip/DART report: 64, 128, 192); "
+        "on LLaVA-NeXT per anyres tile, Stage-1/2 methods only.",
         show_default=False)] = None,
     sweep: Annotated[str | None, typer.Option(
         "--sweep", help="--method budgets, comma-separated: fractions (0.25,0.5) or token counts (16,32,64); "

@@ -207,3 +207,22 @@ def test_cli_visionzip_per_tile_and_stage3_budgets_refused(cli, hf_vlm_dirs, syn
     assert vis["unpruned"] == 16 + 64 + 8 and 8 + 32 + 1 <= vis["visionzip"] <= 8 + 32 + 8
     res = cli("eval", "--model", d, "--data", str(synth), "--method", "fastv", "--visual-tokens", "8", "--out", "f.json")
     assert res.exit_code == 2 and "anyres tile" in res.output and "prune-llm" in res.output
+
+
+def test_stage2_keeps_its_count_in_every_tile(nxt):
+    from meteor_cli.pruning.allocation import build_allocation
+
+    ranks = {"method": "test", "encoders": {"vision": {"tokens": 16, "points": [0, 0, 1], "rank": [1.0, 1.0, 1.0]}}}
+    alloc = build_allocation(ranks, totals=[12, 8, 6], fusion_keep=4)
+    alloc["stage2"].update(method="meteor", score="zscore", floor=0.0)
+    _installed(nxt, alloc)
+    try:
+        inputs, vis = nxt.prepare(images(2, sizes=SIZES), PROMPTS)
+    finally:
+        nxt.stage1 = nxt.stage2 = None
+    for b, n in enumerate(TILES):
+        owners = vis.kept_owners[b]
+        assert sum(1 for o in owners if o is not None and o[0] == "base") == 4
+        grid = sum(1 for o in owners if o is not None and o[0] == "tiles")
+        assert grid <= 4 * (n - 1) and len(owners) == inputs.visual_len[b] == grid + 4 + owners.count(None)
+    assert sum(1 for o in vis.kept_owners[1] if o is not None and o[0] == "tiles") == 8  # 30x60: no padding to drop
