@@ -483,7 +483,8 @@ def flops_for(model: str, settings: Sequence[Any], results: Sequence[Mapping[str
               convention: str = "fastv") -> dict[str, Any]:
     """``label → {"total", "unpruned_total", "ratio", ...}``: ``meteor flops``' analytic count of each
     setting (its allocation for the encoders and projectors; the Stage-3 kept counts each pruning
-    layer had on average in this run), over the unpruned model's; transformers VLMs through
+    layer had on average in this run; the mean prompt text tokens this run measured, or
+    ``FLOPS_TEXT_TOKENS`` for results written before they were recorded), over the unpruned model's at the same text; transformers VLMs through
     :func:`~meteor_cli.model.hf_vlm.flops.count_hf_vlm` at their default image size. Empty for
     models ``meteor flops`` cannot count."""
     from meteor_cli.cli.flops import count
@@ -505,22 +506,27 @@ def flops_for(model: str, settings: Sequence[Any], results: Sequence[Mapping[str
         except (MeteorError, OSError, ValueError):
             return {}
         hf = cfg.llm.resolved_hf_config()
-    base = counter(cfg, hf, None, None, convention, FLOPS_TEXT_TOKENS, 0, None)["total"]
+    bases: dict[int, float] = {}
     out: dict[str, Any] = {}
     by_label = {r["label"]: r for r in results}
     for s in settings:
-        res = by_label.get(s.label)
-        kept = (res or {}).get("tokens", {}).get("stage3_per_layer")
+        tokens = (by_label.get(s.label) or {}).get("tokens") or {}
+        kept = tokens.get("stage3_per_layer")
         s3 = s.prune_llm
         if s3 is not None and not kept:
             continue  # nothing measured (no answered question): no count
+        # the prompt text this run measured (Stage 3's cost grows with it); the fixed default for old rows
+        text = round(tokens["text"]) if tokens.get("text") is not None else FLOPS_TEXT_TOKENS
         try:
-            body = counter(cfg, hf, s.allocation, s3, convention, FLOPS_TEXT_TOKENS, 0,
-                         [float(v) for v in kept.values()] if s3 is not None and kept else None)
+            if text not in bases:
+                bases[text] = counter(cfg, hf, None, None, convention, text, 0, None)["total"]
+            body = counter(cfg, hf, s.allocation, s3, convention, text, 0,
+                           [float(v) for v in kept.values()] if s3 is not None and kept else None)
         except MeteorError:
             continue
-        out[s.label] = {"total": body["total"], "unpruned_total": base, "ratio": body["total"] / base,
-                        "convention": convention, "text_tokens": FLOPS_TEXT_TOKENS,
+        out[s.label] = {"total": body["total"], "unpruned_total": bases[text], "ratio": body["total"] / bases[text],
+                        "convention": convention, "text_tokens": text,
+                        "text_tokens_source": "measured" if tokens.get("text") is not None else "default",
                         "layer_averaged": body["visual_tokens"]["layer_averaged"]}
     return out
 

@@ -155,10 +155,12 @@ def _mean(values: Sequence[float]) -> float | None:
 
 
 def token_stats(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Mean visual tokens into the LLM (after Stage 2), per encoder, layer-averaged (Stage 3), and
-    kept after each Stage-3 pruning layer (``stage3_per_layer``: layer → mean; empty without Stage 3)."""
+    """Mean visual tokens into the LLM (after Stage 2), per encoder, layer-averaged (Stage 3), kept
+    after each Stage-3 pruning layer (``stage3_per_layer``: layer → mean; empty without Stage 3), and
+    the mean prompt text tokens (``text``; None for rows written before it was recorded)."""
     if not rows:
-        return {"stage2_visual": None, "stage3_layer_averaged": None, "per_encoder": {}, "stage3_per_layer": {}}
+        return {"stage2_visual": None, "stage3_layer_averaged": None, "per_encoder": {}, "stage3_per_layer": {},
+                "text": None}
     encs = list(rows[0].get("per_encoder", {}))
     per_layer: dict[int, list[float]] = {}
     for r in rows:
@@ -167,7 +169,8 @@ def token_stats(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return {"stage2_visual": _mean([r["visual_tokens"] for r in rows]),
             "stage3_layer_averaged": _mean([r["stage3"]["layer_averaged"] for r in rows]),
             "per_encoder": {k: _mean([r["per_encoder"][k] for r in rows]) for k in encs},
-            "stage3_per_layer": {str(p): _mean(v) for p, v in sorted(per_layer.items())}}
+            "stage3_per_layer": {str(p): _mean(v) for p, v in sorted(per_layer.items())},
+            "text": _mean([r["text_tokens"] for r in rows if "text_tokens" in r])}
 
 
 def score_setting(bench: Any, rows: Sequence[dict[str, Any]], protocol: str) -> tuple[dict[str, Any], list[dict]]:

@@ -92,7 +92,8 @@ def run_questions(vlm: Any, questions: Sequence[dict[str, Any]], image_root: Pat
         for b, q in enumerate(batch):
             n_vis = inputs.visual_len[b]
             row = {"question_id": q["question_id"], "prompt": q["text"], "text": texts[b], "category": q.get("category"),
-                   "visual_tokens": n_vis, "per_encoder": {k: v[b] for k, v in vis.per_encoder.items()},
+                   "visual_tokens": n_vis, "text_tokens": int(inputs.attention_mask[b].sum()) - n_vis,
+                   "per_encoder": {k: v[b] for k, v in vis.per_encoder.items()},
                    "seconds": round(dt, 4)}
             if sess is not None and sess.kept:
                 layers = sorted(sess.kept)
@@ -221,7 +222,7 @@ def _evaluate_setting(vlm: Any, setting: EvalSetting, pending: Sequence[tuple[in
                     s3 = {"layers": [], "kept": [], "layer_averaged": float(n_vis)}
                 rows.append({"run": run_id, "pos": pos, "method": setting.method, "budget": setting.budget,
                              "setting": setting.label, **it.record(), "text": texts[b], "visual_tokens": n_vis,
-                             "per_encoder": {k: v[b] for k, v in vis.per_encoder.items()}, "stage3": s3,
+                             "text_tokens": int(inputs.attention_mask[b].sum()) - n_vis, "per_encoder": {k: v[b] for k, v in vis.per_encoder.items()}, "stage3": s3,
                              "seconds": round(dt, 4)})
         rows.sort(key=lambda r: r["pos"])
         sink(rows)

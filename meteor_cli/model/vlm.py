@@ -5,7 +5,8 @@ Pruning stages plug in as hooks; the model does not know which policy runs:
 * ``stage1(name, j, state, adapter) -> idx (B, k) | (idx, x (B, k, D)) | None`` at each encoder
   pruning point j: the kept tokens (sorted indices), with their new values when a policy merges;
 * ``stage2(z (B, N, d), encoder_ids (N,), pos (B, N)) -> idx (B, K) | (idx, z (B, K, d)) | None`` on the
-  fused tokens: the kept tokens, with new values when a policy pools (``pool``);
+  fused tokens: the kept tokens, with new values when a policy pools (``pool``); a hook whose
+  ``takes_sample_ids`` is true also gets ``sample_ids=`` one content key per image (:func:`sample_keys`);
 * Stage 3 is an :class:`~meteor_cli.pruning.llm_pruner.LLMPruner` around the LLM's layers,
   opened per batch with the visual spans :meth:`MultiEncoderVLM.prepare` returns.
 
@@ -42,11 +43,25 @@ class VisualTokens:
     per_encoder: dict[str, list[int]] = field(default_factory=dict)  # tokens per encoder, per sample
 
 
+def sample_keys(images: torch.Tensor) -> list[int]:
+    """One 62-bit key per image of a (B, ...) batch, from its bytes: what a seeded per-sample policy
+    (``random``) draws from, so a sample gets the same picks whatever batch or shard it is in."""
+    import hashlib
+
+    flat = images.detach().to("cpu").contiguous()
+    return [int.from_bytes(hashlib.blake2b(flat[b].numpy().tobytes(), digest_size=8).digest(), "little") >> 2
+            for b in range(flat.shape[0])]
+
+
 def apply_stage2(hook: Callable[..., Any], z: torch.Tensor, encoder_ids: torch.Tensor,
-                 pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                 pos: torch.Tensor, keys: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Run a Stage-2 hook on the fused tokens ``z`` (B, N, d): ``(z, encoder ids, pos)`` after it —
-    the ids (B, K) of the kept tokens when it pruned, the (N,) ids unchanged when it returned None."""
-    kept = hook(z, encoder_ids, pos)
+    the ids (B, K) of the kept tokens when it pruned, the (N,) ids unchanged when it returned None.
+    ``keys`` (:func:`sample_keys` of the images) go to a hook whose ``takes_sample_ids`` is true."""
+    if keys is not None and getattr(hook, "takes_sample_ids", False):
+        kept = hook(z, encoder_ids, pos, sample_ids=keys)
+    else:
+        kept = hook(z, encoder_ids, pos)
     if kept is None:
         return z, encoder_ids, pos
     idx, values = kept if isinstance(kept, tuple) else (kept, None)
@@ -93,7 +108,7 @@ class MultiEncoderVLM(nn.Module):
         states = {name: self.run_encoder(name, images) for name in self.encoders}
         B = images.shape[0]
         if self.cfg.fusion == "pre-projection":
-            return self._pre_projection(states, B)
+            return self._pre_projection(states, B, sample_keys(images) if self.stage2 is not None else None)
         zs, ids, pos = [], [], []
         for i, (name, s) in enumerate(states.items()):
             zs.append(self.projectors[name](s.x))
@@ -101,14 +116,15 @@ class MultiEncoderVLM(nn.Module):
             pos.append(s.pos)
         z, enc_ids, p = torch.cat(zs, 1), torch.cat(ids), torch.cat(pos, 1)
         if self.stage2 is not None:
-            z, kept_ids, p = apply_stage2(self.stage2, z, enc_ids, p)
+            keys = sample_keys(images) if getattr(self.stage2, "takes_sample_ids", False) else None
+            z, kept_ids, p = apply_stage2(self.stage2, z, enc_ids, p, keys)
             if kept_ids.dim() == 2:  # (B, K): Stage 2 pruned
                 per = {n: (kept_ids == i).sum(1).tolist() for i, n in enumerate(states)}
                 return VisualTokens(z, kept_ids, p, per)
         per = {n: [s.x.shape[1]] * B for n, s in states.items()}
         return VisualTokens(z, enc_ids, p, per)
 
-    def _pre_projection(self, states: dict[str, Any], B: int) -> VisualTokens:
+    def _pre_projection(self, states: dict[str, Any], B: int, keys: list[int] | None = None) -> VisualTokens:
         """EAGLE's fusion: every final map on the shared g×g grid, channels concatenated, one projector.
 
         With Stage 1 (docs/eagle.md, METEOR-style defaults): an encoder that lost tokens is
@@ -145,7 +161,8 @@ class MultiEncoderVLM(nn.Module):
             widths = [self.encoders[n].width for n in states]
             # `meteor flops --count fvcore` wraps the hook in a marker and keeps the policy in _flops_stage2
             policy = self.__dict__.get("_flops_stage2") or self.stage2
-            res = select_positions(policy, fused, torch.stack(covered, 1), widths, self.projectors["fused"][0].weight)
+            res = select_positions(policy, fused, torch.stack(covered, 1), widths, self.projectors["fused"][0].weight,
+                                   sample_ids=keys)
             if res is not None:
                 pos = res.indices
                 fused = torch.gather(fused, 1, pos.unsqueeze(-1).expand(-1, -1, fused.shape[-1]))

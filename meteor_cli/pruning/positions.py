@@ -120,7 +120,7 @@ def select_positions(stage2: Any, fused: torch.Tensor, covered: torch.Tensor, wi
         ids = list(range(B)) if sample_ids is None else sample_ids
         rows = []
         for b in range(B):
-            g = torch.Generator().manual_seed(seed * 1_000_003 + int(ids[b]))
+            g = torch.Generator().manual_seed((seed * 1_000_003 + int(ids[b])) % (1 << 63))
             rank = torch.randperm(P, generator=g).float().to(fused.device)
             rows.append(rank + P * (~covered[b].any(0)).float())  # covered positions first
         scores = torch.stack(rows)

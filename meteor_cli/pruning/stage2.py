@@ -188,13 +188,15 @@ def separate_prune(z: torch.Tensor, encoder_ids: torch.Tensor, keep: int, *, max
 
 def random_prune(z: torch.Tensor, encoder_ids: torch.Tensor, keep: int, *, seed: int = 0,
                  sample_ids: list[int] | None = None) -> Stage2Result:
-    """Baseline: a uniform random subset per sample, reproducible from (seed, sample id)."""
+    """Baseline: a uniform random subset per sample, reproducible from (seed, sample id). The model
+    passes each image's content key as its id (:func:`~meteor_cli.model.vlm.sample_keys`), so the
+    picks do not depend on batch size, order or sharding; without ids, the row in the batch."""
     B, N, _ = z.shape
     c = int(encoder_ids.max()) + 1
     sample_ids = list(range(B)) if sample_ids is None else sample_ids
     rows = []
     for b in range(B):
-        g = torch.Generator().manual_seed(seed * 1_000_003 + int(sample_ids[b]))
+        g = torch.Generator().manual_seed((seed * 1_000_003 + int(sample_ids[b])) % (1 << 63))
         rows.append(torch.sort(torch.randperm(N, generator=g)[: min(keep, N)]).values)
     idx = torch.stack(rows).to(z.device)
     return Stage2Result(idx, None, _counts(idx, encoder_ids, c))
@@ -257,13 +259,17 @@ class Stage2:
             opts["grids"] = grids
         self.options = _options_for(self.policy, opts)
         self.takes_pos = "pos" in _options_for(self.policy, {"pos": None})
+        #: the policy draws per sample (``random``): the model passes each image's key (:func:`~meteor_cli.model.vlm.sample_keys`)
+        self.takes_sample_ids = "sample_ids" in _options_for(self.policy, {"sample_ids": None})
         self.last: Stage2Result | None = None
 
-    def __call__(self, z: torch.Tensor, encoder_ids: torch.Tensor,
-                 pos: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None:
+    def __call__(self, z: torch.Tensor, encoder_ids: torch.Tensor, pos: torch.Tensor,
+                 sample_ids: list[int] | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None:
         if self.keep >= z.shape[1]:
             return None
-        extra = {"pos": pos} if self.takes_pos else {}
+        extra: dict[str, Any] = {"pos": pos} if self.takes_pos else {}
+        if self.takes_sample_ids and sample_ids is not None:
+            extra["sample_ids"] = sample_ids
         res = self.policy(z, encoder_ids, self.keep, **self.options, **extra)
         if isinstance(res, torch.Tensor):  # a policy that returns only the kept indices
             res = Stage2Result(res, None, _counts(res, encoder_ids, int(encoder_ids.max()) + 1))

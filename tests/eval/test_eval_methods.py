@@ -98,8 +98,13 @@ def test_sweep_gives_one_row_per_method_and_budget_at_the_asked_tokens(cli, synt
     k, r = M.fastv_setting(96, 32, 4)
     cli("prune-llm", "--model", "tiny-synthvqa", "--method", "fastv", "--layers", str(k), "--drop-ratio",
         str(round(r, 4)), "--out", "f.json", "-q")
-    flops = json.loads(cli("flops", "--model", "tiny-synthvqa", "--prune-llm", "f.json", "--json").stdout)
-    assert by["fastv@32"]["flops"]["ratio"] == pytest.approx(flops["ratio"])
+    # at the prompt length this run measured (every setting asked the same questions)
+    fl = by["fastv@32"]["flops"]
+    assert fl["text_tokens_source"] == "measured" and fl["text_tokens"] == round(by["fastv@32"]["tokens"]["text"])
+    assert len({r["tokens"]["text"] for r in body["results"]}) == 1 and 5 < fl["text_tokens"] < 64
+    flops = json.loads(cli("flops", "--model", "tiny-synthvqa", "--prune-llm", "f.json", "--text-tokens",
+                           str(fl["text_tokens"]), "--json").stdout)
+    assert fl["ratio"] == pytest.approx(flops["ratio"])
     png = synth / "sweep.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     from PIL import Image

@@ -97,3 +97,20 @@ def test_separate_quotas_and_random_reproducible():
     b = S2.random_prune(z[1:], ids, 9, seed=3, sample_ids=[6])
     assert torch.equal(a.indices[1], b.indices[0])
     assert not torch.equal(a.indices, S2.random_prune(z, ids, 9, seed=4, sample_ids=[5, 6]).indices)
+
+
+def test_random_stage2_picks_do_not_depend_on_the_batch(vlm):
+    """A sample's random Stage-2 picks follow its image, not its row: batched == alone, order-free."""
+    imgs = torch.rand(3, 3, 128, 128)
+    vlm.stage2 = S2.Stage2(keep=20, method="random", seed=1)
+    try:
+        with torch.no_grad():
+            both = vlm.encode_images(imgs)
+            alone = [vlm.encode_images(imgs[b:b + 1]) for b in range(3)]
+            flipped = vlm.encode_images(imgs.flip(0))
+    finally:
+        vlm.stage2 = None
+    for b in range(3):
+        assert torch.equal(both.pos[b], alone[b].pos[0]) and torch.equal(both.encoder_ids[b], alone[b].encoder_ids[0])
+        assert torch.equal(both.pos[b], flipped.pos[2 - b])
+    assert not torch.equal(both.pos[0], both.pos[1])  # different images, different draws

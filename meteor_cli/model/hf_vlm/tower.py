@@ -95,14 +95,14 @@ def project_tower(adapter: HFCLIPTower, name: str, pixels: torch.Tensor, project
                   stage1: Any = None, stage2: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Run the tower on ``pixels`` with Stage 1 (and Stage 2 on the projected tokens); returns the
     projected features (B, n, d) — CLS first under ``full`` — and the kept patch positions (B, k)."""
-    from meteor_cli.model.vlm import apply_stage2
+    from meteor_cli.model.vlm import apply_stage2, sample_keys
 
     state: TokenState = adapter.finalize(adapter.run_pruned(adapter.embed(adapter.preprocess(pixels)), name, stage1))
     z = projector(state.x)
     pos = state.pos
     if stage2 is not None:
         ids = torch.zeros(z.shape[1], dtype=torch.long, device=z.device)
-        z, _, pos = apply_stage2(stage2, z, ids, pos)
+        z, _, pos = apply_stage2(stage2, z, ids, pos, sample_keys(pixels))
     if full and state.prefix is not None:
         z = torch.cat([projector(state.prefix), z], dim=1)
     return z, pos
