@@ -43,6 +43,10 @@ BUILTIN_METHODS: dict[str, str] = {
 }
 STAGE1_METHODS = ("visionzip", "prumerge+")
 STAGE2_METHODS = ("random", "separate", "pool")
+#: Stage-3 methods whose schedule is a ratio of the visual span, so a budget per anyres tile (T of a
+#: tile's n tokens) means the same fraction T/n of any LLaVA-NeXT span: FastV's R and PDrop's r are
+#: solved for (n, T) and are ratios already; DART keeps a ratio (``keep < 1``) there.
+PER_TILE_STAGE3 = ("fastv", "pdrop", "dart")
 #: Text tokens of the prompt in the FLOPs count (``meteor flops``' default).
 FLOPS_TEXT_TOKENS = 64
 
@@ -131,7 +135,8 @@ class ModelShape:
     encoders: dict[str, tuple[int, list[int]]]  # name → (native tokens, pruning points)
     cfg: Any = None
     #: Where not None, the budget counts tokens per crop of the tower (LLaVA-NeXT's anyres tiles: the
-    #: family's class name) and only Stage-1/2 methods take it: the LLM's span depends on the image size.
+    #: family's class name); Stage-1/2 methods keep it in every tile, the Stage-3 ratio schedules
+    #: (:data:`PER_TILE_STAGE3`) keep its fraction of each span (which depends on the image size).
     per_tile: str | None = None
 
 
@@ -336,13 +341,13 @@ def build_setting(method: str, target: int | None, shape: ModelShape, *, ranks: 
         raise UsageError(f"--method {method} needs a budget", "add --budget F, --visual-tokens T or --sweep V1,V2,...")
     stage = (1 if method in STAGE1_METHODS else 2 if method in STAGE2_METHODS else 3 if method in ("dart", "fastv", "pdrop")
              else 0 if method == "meteor" else policy_stage(method))
-    if shape.per_tile is not None and stage not in (1, 2):
+    if shape.per_tile is not None and stage not in (1, 2) and method not in PER_TILE_STAGE3:
         raise UsageError(f"on {shape.per_tile} a budget counts tokens per "
-                         f"anyres tile (of {shape.visual_tokens}), which Stage-1/2 methods keep in every tile; the LLM's "
-                         "visual span (base tile + unpadded grid + newlines) depends on the image size, so no Stage-3 "
-                         "schedule can be solved for it here",
-                         "run Stage-1/2 methods here (e.g. --method visionzip); for Stage 3 write settings with "
-                         "meteor prune-llm --model DIR --method fastv ... and pass --prune-llm (without --method)")
+                         f"anyres tile (of {shape.visual_tokens}); the LLM's visual span (base tile + unpadded grid + "
+                         f"newlines) depends on the image size, so only ratio schedules ({', '.join(PER_TILE_STAGE3)}) "
+                         f"carry a per-tile budget into the LLM, and {method} has none",
+                         "run Stage-1/2 methods or fastv/pdrop/dart here; for METEOR's Stage 3 write settings with "
+                         "meteor prune-llm --model DIR --method meteor --calibrate ... and pass --prune-llm (without --method)")
     if method == "meteor":
         missing = [o for o, v in (("--ranks", ranks), ("--prune-llm", prune_llm)) if v is None]
         if missing:
@@ -379,6 +384,8 @@ def build_setting(method: str, target: int | None, shape: ModelShape, *, ranks: 
                              "set to a budget", "write its settings with `meteor prune-llm --method "
                              f"{method}` and pass them with --prune-llm (without --method)")
         k, kept = single_layer_count(n, target, L)
+        if shape.per_tile is not None:  # a ratio of each sample's span: T of every tile's n, whatever the tiles
+            return EvalSetting(method, target, None, _stage3(method, shape, layers=[k], keep=[round(kept / n, 4)]))
         return EvalSetting(method, target, None, _stage3(method, shape, layers=[k], keep=[kept]))
     if stage not in (1, 2):
         raise UsageError(f"--method {method}: policy {method!r} is registered for several stages",

@@ -197,7 +197,7 @@ def test_cli_rank_estimate_allocate_eval_infer_flops(cli, hf_vlm_dirs, synth, tm
     assert json.loads(res.stdout)["visual_tokens"]["into_llm"] == 16 + 64 + 8  # exact with nothing pruned
 
 
-def test_cli_visionzip_per_tile_and_stage3_budgets_refused(cli, hf_vlm_dirs, synth, tmp_path):
+def test_cli_per_tile_budgets_visionzip_and_stage3_ratios(cli, hf_vlm_dirs, synth, tmp_path):
     d = str(hf_vlm_dirs["llava_next"])
     res = cli("eval", "--model", d, "--data", str(synth), "--limit", "2", "--method", "unpruned,visionzip",
               "--visual-tokens", "8", "--max-new-tokens", "2", "--out", "m.json", "-q")
@@ -205,7 +205,15 @@ def test_cli_visionzip_per_tile_and_stage3_budgets_refused(cli, hf_vlm_dirs, syn
     rows = [json.loads(x) for x in (tmp_path / "m.samples.jsonl").read_text().splitlines()]
     vis = {r["method"]: r["visual_tokens"] for r in rows}
     assert vis["unpruned"] == 16 + 64 + 8 and 8 + 32 + 1 <= vis["visionzip"] <= 8 + 32 + 8
-    res = cli("eval", "--model", d, "--data", str(synth), "--method", "fastv", "--visual-tokens", "8", "--out", "f.json")
+    # Stage-3 ratio schedules: 8 of a tile's 16 tokens = half of each span, averaged over the layers
+    res = cli("eval", "--model", d, "--data", str(synth), "--limit", "2", "--method", "fastv,pdrop,dart",
+              "--visual-tokens", "8", "--max-new-tokens", "2", "--out", "s3.json", "--json")
+    assert res.exit_code == 0, res.output
+    for r in json.loads(res.stdout)["results"]:
+        tok = r["tokens"]
+        assert tok["stage2_visual"] == 88, r["label"]  # the whole span enters the LLM
+        assert tok["stage3_layer_averaged"] == pytest.approx(44, abs=3), (r["label"], tok)
+    res = cli("eval", "--model", d, "--data", str(synth), "--method", "meteor", "--visual-tokens", "8", "--out", "f.json")
     assert res.exit_code == 2 and "anyres tile" in res.output and "prune-llm" in res.output
 
 
