@@ -13,6 +13,8 @@ Both start from random weights and use a word-level tokenizer over SynthVQA's vo
   ``python3 tasks.py pretrain-tiny``), shipped inside the package as a checkpoint directory
   (float16 weights, loaded as float32). The preset every command can start from on a machine
   without downloads: ``meteor eval --model tiny-synthvqa --data synthvqa``.
+* ``tiny-synthvqa-v2`` — its 8-layer successor (issue #15: Stage-3 layers that mean something,
+  OCR drawn ``--ocr-style large`` that it reads), shipped alongside it.
 
 * ``eagle-x4`` — the shapes of EAGLE-X4 (METHOD §2.1), the model METEOR prunes: HF CLIP
   ViT-L/14 at 448 px (32×32 tokens), timm ConvNeXt-XXLarge at 1024 px (32×32), timm EVA-02-L/16
@@ -91,6 +93,24 @@ def tiny_synthvqa() -> Path:
         raise InputNotFoundError(f"the embedded checkpoint {TINY_SYNTHVQA} is missing from this installation",
                                  "reinstall meteor, or train one: python3 tasks.py pretrain-tiny")
     return TINY_SYNTHVQA
+
+
+#: The 8-layer successor (issue #15), shipped next to v1 until the docs' numbers move to it.
+TINY_SYNTHVQA_V2 = Path(__file__).resolve().parent.parent / "assets" / "tiny-synthvqa-v2"
+
+
+@register_preset("tiny-synthvqa-v2", description="tiny-synthvqa deepened to 8 LLM layers, reads SynthVQA v4 OCR "
+                 "(embedded checkpoint, no download)")
+def tiny_synthvqa_v2() -> Path:
+    """``tiny-synthvqa`` v2: v1's LLM deepened to 8 layers (``model.grow.deepen``) and trained on
+    SynthVQA generator v4 (``--ocr-style large``); recipe: ``python3 tasks.py pretrain-tiny`` phase 4."""
+    from meteor_cli.errors import InputNotFoundError
+    from meteor_cli.model.checkpoint import has_weights
+
+    if not has_weights(TINY_SYNTHVQA_V2):
+        raise InputNotFoundError(f"the embedded checkpoint {TINY_SYNTHVQA_V2} is missing from this installation",
+                                 "reinstall meteor, or train one: python3 tasks.py pretrain-tiny")
+    return TINY_SYNTHVQA_V2
 
 
 @register_preset("small", description="ViT-224, CLIP-224, ConvNeXt-256 (516 visual tokens) + 8-layer Llama-512")
