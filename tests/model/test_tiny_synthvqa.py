@@ -38,3 +38,20 @@ def test_inspect_takes_the_preset_name(cli):
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)
     assert data["valid"] and "model.safetensors" in data["files"]
+
+
+def test_embedded_v2_reads_and_answers_a_held_out_slice(cli, tmp_path):
+    """``tiny-synthvqa-v2`` (8 LLM layers) on the first 80 questions of held-out seed 1234 drawn
+    ``--ocr-style large`` (never trained on, no checkpoint chosen on it); thresholds a few points
+    under what the shipped weights score there (docs/synthvqa.md, "tiny-synthvqa v2")."""
+    from meteor_cli.data.synthvqa import SynthConfig
+
+    generate(tmp_path / "sv", n_train=0, n_eval=80, seed=1234, cfg=SynthConfig(ocr_style="large"))
+    res = cli("eval", "--model", "tiny-synthvqa-v2", "--data", "sv", "--batch-size", "16", "--max-new-tokens", "10",
+              "--device", "cpu", "--out", "m.json")
+    assert res.exit_code == 0, res.output
+    m = json.loads((tmp_path / "m.json").read_text())["metrics"]
+    fam = {k: v["accuracy"] for k, v in m["families"].items()}
+    assert load_model("tiny-synthvqa-v2").llm.config.num_hidden_layers == 8
+    assert (fam["general"] >= GENERAL_V2 and fam["hallucination"] >= HALLUC_V2 and fam["ocr"] >= OCR_V2
+            and fam["chart"] >= CHART_V2 and m["mean"] >= MEAN_V2), fam
