@@ -173,7 +173,6 @@ def hf_model_shape(spec: str, fam: Any) -> ModelShape:
             image size: Qwen2-VL's dynamic resolution).
     """
     from meteor_cli.model.hf_vlm.flops import image_processor_settings
-    from meteor_cli.model.hf_vlm.tower import tower_config
 
     if fam.stage1_missing is not None:
         raise UsageError(f"--method with a budget solves each method for the model's visual-token count; a "
@@ -181,10 +180,12 @@ def hf_model_shape(spec: str, fam: Any) -> ModelShape:
                          "give Stage-3 settings instead: meteor prune-llm --model DIR --method fixed --visual-tokens N "
                          "--out p.json, then eval --prune-llm p.json (without --method)")
     hf = fam.build_meta(spec)
-    tcfg = tower_config(fam.tower, hf.config, image_processor_settings(spec))
+    tcfg = fam.stage1_config(hf.config, image_processor_settings(spec))
     text = hf.config.get_text_config()
-    full = hf.config.vision_feature_select_strategy == "full"
-    tiled = "image_grid_pinpoints" in hf.config.to_dict()  # anyres: the budget is per tile
+    full = getattr(hf.config, "vision_feature_select_strategy", None) == "full"
+    # anyres tiles (LLaVA-NeXT) and Qwen2-VL's native resolution: the budget is per tower crop
+    # (tile / image) and the LLM's span depends on the image size
+    tiled = "image_grid_pinpoints" in hf.config.to_dict() or tcfg.family == "qwen2_vl"
     return ModelShape(tcfg.num_tokens + (1 if full else 0), int(text.num_hidden_layers), int(text.num_attention_heads),
                       {fam.tower: (tcfg.num_tokens, list(tcfg.prune_points or []))}, None,
                       fam.hf_class if tiled else None)
@@ -338,9 +339,9 @@ def build_setting(method: str, target: int | None, shape: ModelShape, *, ranks: 
              else 0 if method == "meteor" else policy_stage(method))
     if shape.per_tile is not None and stage not in (1, 2):
         raise UsageError(f"on {shape.per_tile} a budget counts tokens per "
-                         f"anyres tile (of {shape.visual_tokens}), which Stage-1/2 methods keep in every tile; the LLM's "
-                         "visual span (base tile + unpadded grid + newlines) depends on the image size, so no Stage-3 "
-                         "schedule can be solved for it here",
+                         f"anyres tile (LLaVA-NeXT) or per image at its own resolution (Qwen2-VL; {shape.visual_tokens} "
+                         "at the 448x448 reference size), which Stage-1/2 methods keep in every tile or image; the "
+                         "LLM's visual span depends on the image size, so no Stage-3 schedule can be solved for it here",
                          "run Stage-1/2 methods here (e.g. --method visionzip); for Stage 3 write settings with "
                          "meteor prune-llm --model DIR --method fastv ... and pass --prune-llm (without --method)")
     if method == "meteor":
