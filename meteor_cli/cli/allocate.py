@@ -66,7 +66,8 @@ def main(
         "proportional share of --fusion-keep (0 = the paper's joint selection).")] = 0.0,
     model: Annotated[str | None, typer.Option(
         "--model", help="Check the ranks' encoders against this model (preset, checkpoint, config JSON or "
-        "transformers LLaVA-1.5 / LLaVA-NeXT directory; on LLaVA-NeXT the budgets apply to every anyres tile).")] = None,
+        "transformers LLaVA-1.5 / LLaVA-NeXT / Qwen2-VL directory; on LLaVA-NeXT the budgets apply to every anyres "
+        "tile, on Qwen2-VL to every image, in LLM tokens (2x2 merge windows)).")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output allocation artifact (`-` = stdout).")] = Path("allocation.json"),
     run: Run = None,  # type: ignore[assignment]
 ) -> None:

@@ -81,7 +81,8 @@ def main(
         show_default=False)] = None,
     visual_tokens: Annotated[int | None, typer.Option(
         "--visual-tokens", min=1, help="--method budget in visual tokens (as VisionZip/DART report: 64, 128, 192); "
-        "on LLaVA-NeXT per anyres tile (fastv/pdrop/dart: that fraction of each image's span; not meteor).",
+        "on LLaVA-NeXT per anyres tile (fastv/pdrop/dart: that fraction of each image's span; not meteor), on "
+        "Qwen2-VL per image (Stage-1/2 methods only there).",
         show_default=False)] = None,
     sweep: Annotated[str | None, typer.Option(
         "--sweep", help="--method budgets, comma-separated: fractions (0.25,0.5) or token counts (16,32,64); "

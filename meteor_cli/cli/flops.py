@@ -29,8 +29,9 @@ A transformers VLM directory (LLaVA-1.5, LLaVA-NeXT, Qwen2-VL) is counted by
 LLaVA-NeXT (the CLIP tower pruned at the three points, only the layers up to
 ``vision_feature_layer`` run; on LLaVA-NeXT the budgets apply to every anyres tile, and the kept
 grid tokens and newlines the LLM gets are estimated: see
-:meth:`~meteor_cli.model.hf_vlm.llava_next.LlavaNext.pruned_tokens`), refused with the reason for
-Qwen2-VL; ``--count fvcore`` is refused for all of them::
+:meth:`~meteor_cli.model.hf_vlm.llava_next.LlavaNext.pruned_tokens`) and on Qwen2-VL (the budgets
+count merge windows of the image, each 4 patches through every block, exact); ``--count fvcore``
+is refused for all of them::
 
     meteor flops --model llava-v1.6-vicuna-7b-hf/ --image-size 1024x768 --prune-llm fixed-64.json
 """

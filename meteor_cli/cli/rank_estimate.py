@@ -40,8 +40,8 @@ def main(
         show_default=False)] = None,
     model: Annotated[str | None, typer.Option(
         "--model", help="Model: a preset name (`meteor list presets`), a checkpoint directory, a config JSON, or a "
-        "transformers LLaVA-1.5 or LLaVA-NeXT directory (its CLIP tower is one encoder, named `vision`; LLaVA-NeXT's "
-        "anyres tiles are each one sample).")] = None,
+        "transformers LLaVA-1.5, LLaVA-NeXT or Qwen2-VL directory (its tower is one encoder, named `vision`; "
+        "LLaVA-NeXT's anyres tiles are each one sample; Qwen2-VL's images are resized to its 448x448 reference).")] = None,
     data: Annotated[Path | None, typer.Option(
         "--data", help="LLaVA-format instruction data (JSON list or JSONL with `image` and `conversations`).")] = None,
     image_root: Annotated[Path | None, typer.Option(

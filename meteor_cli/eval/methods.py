@@ -178,7 +178,6 @@ def hf_model_shape(spec: str, fam: Any) -> ModelShape:
             image size: Qwen2-VL's dynamic resolution).
     """
     from meteor_cli.model.hf_vlm.flops import image_processor_settings
-    from meteor_cli.model.hf_vlm.tower import tower_config
 
     if fam.stage1_missing is not None:
         raise UsageError(f"--method with a budget solves each method for the model's visual-token count; a "
@@ -186,10 +185,12 @@ def hf_model_shape(spec: str, fam: Any) -> ModelShape:
                          "give Stage-3 settings instead: meteor prune-llm --model DIR --method fixed --visual-tokens N "
                          "--out p.json, then eval --prune-llm p.json (without --method)")
     hf = fam.build_meta(spec)
-    tcfg = tower_config(fam.tower, hf.config, image_processor_settings(spec))
+    tcfg = fam.stage1_config(hf.config, image_processor_settings(spec))
     text = hf.config.get_text_config()
-    full = hf.config.vision_feature_select_strategy == "full"
-    tiled = "image_grid_pinpoints" in hf.config.to_dict()  # anyres: the budget is per tile
+    full = getattr(hf.config, "vision_feature_select_strategy", None) == "full"
+    # anyres tiles (LLaVA-NeXT) and Qwen2-VL's native resolution: the budget is per tower crop
+    # (tile / image) and the LLM's span depends on the image size
+    tiled = "image_grid_pinpoints" in hf.config.to_dict() or tcfg.family == "qwen2_vl"
     return ModelShape(tcfg.num_tokens + (1 if full else 0), int(text.num_hidden_layers), int(text.num_attention_heads),
                       {fam.tower: (tcfg.num_tokens, list(tcfg.prune_points or []))}, None,
                       fam.hf_class if tiled else None)
@@ -341,13 +342,15 @@ def build_setting(method: str, target: int | None, shape: ModelShape, *, ranks: 
         raise UsageError(f"--method {method} needs a budget", "add --budget F, --visual-tokens T or --sweep V1,V2,...")
     stage = (1 if method in STAGE1_METHODS else 2 if method in STAGE2_METHODS else 3 if method in ("dart", "fastv", "pdrop")
              else 0 if method == "meteor" else policy_stage(method))
-    if shape.per_tile is not None and stage not in (1, 2) and method not in PER_TILE_STAGE3:
+    ratio_ok = method in PER_TILE_STAGE3 and shape.per_tile == "LlavaNextForConditionalGeneration"
+    if shape.per_tile is not None and stage not in (1, 2) and not ratio_ok:
         raise UsageError(f"on {shape.per_tile} a budget counts tokens per "
-                         f"anyres tile (of {shape.visual_tokens}); the LLM's visual span (base tile + unpadded grid + "
-                         f"newlines) depends on the image size, so only ratio schedules ({', '.join(PER_TILE_STAGE3)}) "
-                         f"carry a per-tile budget into the LLM, and {method} has none",
-                         "run Stage-1/2 methods or fastv/pdrop/dart here; for METEOR's Stage 3 write settings with "
-                         "meteor prune-llm --model DIR --method meteor --calibrate ... and pass --prune-llm (without --method)")
+                         f"anyres tile (LLaVA-NeXT) or per image at its own resolution (Qwen2-VL; {shape.visual_tokens} "
+                         "at the 448x448 reference size); the LLM's visual span depends on the image size, so only "
+                         f"LLaVA-NeXT's ratio schedules ({', '.join(PER_TILE_STAGE3)}: the fraction T/tile of each span) "
+                         f"carry such a budget into the LLM, and {method} on {shape.per_tile} has none",
+                         "run Stage-1/2 methods here (e.g. --method visionzip); for Stage 3 write settings with "
+                         "meteor prune-llm --model DIR --method meteor|fastv ... and pass --prune-llm (without --method)")
     if method == "meteor":
         missing = [o for o, v in (("--ranks", ranks), ("--prune-llm", prune_llm)) if v is None]
         if missing:

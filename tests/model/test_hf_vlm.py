@@ -224,7 +224,10 @@ def test_cli_calibrate_on_a_vlm(cli, dirs, synth, tmp_path):
     assert cal["n"] == 4 and cal["achieved"] > 0
 
 
-def test_allocation_is_refused_for_a_vlm_without_a_tower_adapter(cli, dirs, synth, tmp_path):
+def test_allocation_is_refused_for_a_vlm_without_a_tower_adapter(cli, dirs, synth, tmp_path, monkeypatch):
+    from meteor_cli.model.hf_vlm.qwen2_vl import Qwen2VL
+
+    monkeypatch.setattr(Qwen2VL, "stage1_missing", "no Stage-1 adapter (test: a family without one)")
     res = cli("rank-estimate", "--model", str(dirs["qwen2_vl"]), "--data", str(synth / "train.json"), "--out", "r.json")
     assert res.exit_code == 2
     assert "Qwen2VLForConditionalGeneration" in res.output and "Stage-1 adapter" in res.output

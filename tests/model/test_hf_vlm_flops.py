@@ -95,7 +95,11 @@ def test_flops_cli_on_next_and_qwen_and_its_errors(cli, dirs, tmp_path):
     res = cli("flops", "--model", str(dirs["llava"]), "--image-size", "abc")
     assert res.exit_code == 2 and "--image-size" in res.output
     (tmp_path / "a.json").write_text("{}")
-    res = cli("flops", "--model", str(dirs["qwen2_vl"]), "--allocation", "a.json")
+    from meteor_cli.model.hf_vlm.qwen2_vl import Qwen2VL
+
+    with pytest.MonkeyPatch.context() as mp:  # a family without a Stage-1 adapter is refused before the file is read
+        mp.setattr(Qwen2VL, "stage1_missing", "no Stage-1 adapter (test)")
+        res = cli("flops", "--model", str(dirs["qwen2_vl"]), "--allocation", "a.json")
     assert res.exit_code == 2 and "flops --allocation" in res.output and "Stage-1 adapter" in res.output
     res = cli("flops", "--model", "tiny", "--image-size", "64")
     assert res.exit_code == 2 and "transformers VLM" in res.output

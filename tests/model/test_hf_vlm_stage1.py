@@ -207,7 +207,11 @@ def test_cli_methods_side_by_side_at_one_budget(cli, hf_vlm_dirs, synth, tmp_pat
     assert results["visionzip@8"]["flops"]["ratio"] < 1.0 and results["fastv@8"]["flops"]["ratio"] < 1.0
 
 
-def test_stage1_refused_with_the_reason_where_there_is_no_adapter(cli, hf_vlm_dirs, synth):
+def test_stage1_refused_with_the_reason_where_there_is_no_adapter(cli, hf_vlm_dirs, synth, monkeypatch):
+    from meteor_cli.model.hf_vlm.qwen2_vl import Qwen2VL
+
+    # every shipped family has a Stage-1 adapter now: a family without one (stage1_missing set) is refused by name
+    monkeypatch.setattr(Qwen2VL, "stage1_missing", "its tower needs its own Stage-1 adapter (test)")
     q = str(hf_vlm_dirs["qwen2_vl"])
     res = cli("rank-estimate", "--model", q, "--data", str(synth / "train.json"), "--out", "r.json")
     assert res.exit_code == 2 and "own Stage-1 adapter" in res.output

@@ -280,7 +280,23 @@ class HFVisionLanguageModel(nn.Module):
         n = kept + (geo.tokens - native)
         return n, n, {}
 
-    # -- Stage 1 on the tower (LLaVA-1.5, LLaVA-NeXT per tile: meteor_cli.model.hf_vlm.tower) --
+    # -- Stage 1 on the tower (LLaVA-1.5, LLaVA-NeXT per tile: meteor_cli.model.hf_vlm.tower;
+    #    Qwen2-VL: meteor_cli.model.hf_vlm.qwen2_vl_tower) --
+
+    @classmethod
+    def stage1_config(cls, config: Any, image_processor: dict[str, Any]) -> Any:
+        """The :class:`~meteor_cli.config.EncoderConfig` of the tower as Stage 1, ``allocate``,
+        ``eval --method`` and ``flops --allocation`` see it (here LLaVA's CLIP tower)."""
+        from meteor_cli.model.hf_vlm.tower import tower_config
+
+        return tower_config(cls.tower, config, image_processor)
+
+    @classmethod
+    def stage1_tower_tokens(cls, geo: Any, tcfg: Any) -> tuple[int, int, int]:
+        """How one tower pass of an image of geometry ``geo`` counts for ``flops --allocation``:
+        (budget tokens it starts with, tower tokens per budget token, tower tokens never pruned):
+        here the patch tokens, one each, plus the CLS token."""
+        return tcfg.num_tokens, 1, 1
 
     @classmethod
     def require_stage1(cls, what: str = "Stage 1") -> None:
@@ -288,7 +304,8 @@ class HFVisionLanguageModel(nn.Module):
         if cls.stage1_missing is not None:
             raise UsageError(f"{what} is not available for {cls.hf_class}: {cls.stage1_missing}",
                              "prune this model in the LLM with --prune-llm (Stage 3); Stage 1 runs on "
-                             "LlavaForConditionalGeneration and LlavaNextForConditionalGeneration directories")
+                             "LlavaForConditionalGeneration, LlavaNextForConditionalGeneration and "
+                             "Qwen2VLForConditionalGeneration directories")
 
     @property
     def encoders(self) -> dict[str, Any]:

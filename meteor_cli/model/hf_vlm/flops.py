@@ -124,26 +124,34 @@ def linear_macs(module: nn.Module, n: float) -> float:
     return n * sum(m.in_features * m.out_features for m in module.modules() if isinstance(m, nn.Linear))
 
 
-def stage1_tower_macs(fam: Any, hf: nn.Module, directory: str | Path, allocation: dict[str, Any]) -> tuple[float, int, dict[str, Any]]:
+def stage1_tower_macs(fam: Any, hf: nn.Module, directory: str | Path, allocation: dict[str, Any],
+                      geo: VisualGeometry | None = None) -> tuple[float, int, dict[str, Any]]:
     """(tower MACs, tokens leaving Stages 1-2, detail) of ONE tower pass (one image, or one
     LLaVA-NeXT tile: the budgets apply to every tile) with ``allocation``'s Stage-1 budgets: the
     patch embedding on every patch, then block b (b < the depth up to ``vision_feature_layer``) on
     ``per_block[b] + 1`` tokens (CLS included) — :func:`meteor_cli.flops.stage1_tokens` of the
     pruning points — and no block after the selected layer (the pruned path does not run them);
-    Stage 2 caps what leaves at ``stage2.keep``."""
+    Stage 2 caps what leaves at ``stage2.keep``.
+
+    Qwen2-VL (:meth:`~meteor_cli.model.hf_vlm.qwen2_vl.Qwen2VL.stage1_tower_tokens`): the budgets
+    count merge windows of THIS image (``geo``; an image with fewer windows than a budget keeps
+    them all), each window ``merge²`` patches through every block, no CLS; the patch embedding
+    runs on every patch."""
     from meteor_cli import flops as F
-    from meteor_cli.model.hf_vlm.tower import tower_config
     from meteor_cli.pruning.allocation import check_allocation_fits
 
     fam.require_stage1("flops --allocation")
-    tcfg = tower_config(fam.tower, hf.config, image_processor_settings(directory))
+    tcfg = fam.stage1_config(hf.config, image_processor_settings(directory))
     check_allocation_fits(allocation, {fam.tower: tcfg}, name="--allocation")
     keep = list(allocation["stage1"]["encoders"][fam.tower]["keep"])
-    per_block, final = F.stage1_tokens(tcfg.num_tokens, tcfg.depth, tcfg.prune_points or [], keep)
+    native, per, extra = fam.stage1_tower_tokens(geo, tcfg)
+    per_block, final = F.stage1_tokens(native, tcfg.depth, tcfg.prune_points or [], keep)
     embed, blocks, _, attn_dim = fam.vision_parts(hf)
-    macs = conv_macs(embed, tcfg.num_tokens) + sum(block_macs(blocks[b], n + 1, attn_dim) for b, n in enumerate(per_block))
+    macs = conv_macs(embed, native * per) + sum(block_macs(blocks[b], n * per + extra, attn_dim)
+                                               for b, n in enumerate(per_block))
     out = min(int(final), int(allocation["stage2"]["keep"]))
-    return macs, out, {"native": tcfg.num_tokens, "blocks_run": tcfg.depth, "points": tcfg.prune_points, "keep": keep, "per_block": per_block,
+    return macs, out, {"native": native, "blocks_run": tcfg.depth, "points": tcfg.prune_points, "keep": keep,
+                       "per_block": per_block, "tower_tokens_per_block": [n * per + extra for n in per_block],
                        "stage1_out": int(final), "stage2_out": out}
 
 
@@ -174,10 +182,10 @@ def count_hf_vlm(directory: str | Path, image_size: tuple[int, int] | None, s3: 
     n_vis = geo.tokens
     stage1 = None
     if allocation is not None:
-        tower, kept, stage1 = stage1_tower_macs(fam, hf, directory, allocation)
+        tower, kept, stage1 = stage1_tower_macs(fam, hf, directory, allocation, geo)
         rep.add(f"encoder/{fam.tower}", scale * geo.tower_passes * tower,
-                f"{geo.tower_passes} pass(es) x {stage1['blocks_run']} blocks, patch tokens per block "
-                f"{stage1['per_block']} (+ CLS)")
+                f"{geo.tower_passes} pass(es) x {stage1['blocks_run']} blocks, tower tokens per block "
+                f"{stage1['tower_tokens_per_block']}")
         n_vis, proj_tokens, packing = fam.pruned_tokens(geo, kept, stage1["native"])
         stage1.update(packing)
         rep.add("projector/vision", scale * linear_macs(projector, proj_tokens))
