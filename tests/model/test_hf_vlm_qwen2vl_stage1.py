@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from .hf_vlm_builders import images
-from .test_hf_vlm_stage1 import PROMPTS
+from .test_hf_vlm_stage1 import PROMPTS, _allocation
 
 SIZES = [(112, 84), (56, 112)]
 
@@ -24,18 +24,6 @@ def qwen(hf_vlm_dirs):
     from meteor_cli.model.hf_vlm import load_hf_vlm
 
     return load_hf_vlm(hf_vlm_dirs["qwen2_vl"])
-
-
-def _allocation(keep, method="meteor", **options):
-    from meteor_cli.pruning.allocation import build_allocation
-
-    ranks = {"method": "test", "encoders": {"vision": {"tokens": 16, "points": [0, 0, 1], "rank": [1.0, 1.0, 1.0]}}}
-    body = build_allocation(ranks, totals=keep, fusion_keep=keep[-1])
-    body["stage1"]["method"] = method
-    body["stage2"].update(method="meteor", score="zscore", floor=0.0)
-    if options:
-        body["stage1"]["options"] = options
-    return body
 
 
 def _install(vlm, alloc):
