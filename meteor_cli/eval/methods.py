@@ -43,9 +43,10 @@ BUILTIN_METHODS: dict[str, str] = {
 }
 STAGE1_METHODS = ("visionzip", "prumerge+")
 STAGE2_METHODS = ("random", "separate", "pool")
-#: Stage-3 methods whose schedule is a ratio of the visual span, so a budget per anyres tile (T of a
-#: tile's n tokens) means the same fraction T/n of any LLaVA-NeXT span: FastV's R and PDrop's r are
-#: solved for (n, T) and are ratios already; DART keeps a ratio (``keep < 1``) there.
+#: Stage-3 methods whose schedule is a ratio of the visual span, so a budget per anyres tile or per
+#: reference image (T of n tokens) means the same fraction T/n of any LLaVA-NeXT or Qwen2-VL span:
+#: FastV's R and PDrop's r are solved for (n, T) and are ratios already; DART keeps a ratio
+#: (``keep < 1``) there.
 PER_TILE_STAGE3 = ("fastv", "pdrop", "dart")
 #: Text tokens of the prompt in the FLOPs count (``meteor flops``' default).
 FLOPS_TEXT_TOKENS = 64
@@ -134,9 +135,10 @@ class ModelShape:
     heads: int
     encoders: dict[str, tuple[int, list[int]]]  # name → (native tokens, pruning points)
     cfg: Any = None
-    #: Where not None, the budget counts tokens per crop of the tower (LLaVA-NeXT's anyres tiles: the
-    #: family's class name); Stage-1/2 methods keep it in every tile, the Stage-3 ratio schedules
-    #: (:data:`PER_TILE_STAGE3`) keep its fraction of each span (which depends on the image size).
+    #: Where not None, the budget counts tokens per crop of the tower (LLaVA-NeXT's anyres tiles,
+    #: Qwen2-VL's images at the 448x448 reference: the family's class name); Stage-1/2 methods keep it
+    #: in every tile / image, the Stage-3 ratio schedules (:data:`PER_TILE_STAGE3`) keep its fraction
+    #: of each span (which depends on the image size).
     per_tile: str | None = None
 
 
@@ -342,13 +344,13 @@ def build_setting(method: str, target: int | None, shape: ModelShape, *, ranks: 
         raise UsageError(f"--method {method} needs a budget", "add --budget F, --visual-tokens T or --sweep V1,V2,...")
     stage = (1 if method in STAGE1_METHODS else 2 if method in STAGE2_METHODS else 3 if method in ("dart", "fastv", "pdrop")
              else 0 if method == "meteor" else policy_stage(method))
-    ratio_ok = method in PER_TILE_STAGE3 and shape.per_tile == "LlavaNextForConditionalGeneration"
+    ratio_ok = method in PER_TILE_STAGE3
     if shape.per_tile is not None and stage not in (1, 2) and not ratio_ok:
         raise UsageError(f"on {shape.per_tile} a budget counts tokens per "
                          f"anyres tile (LLaVA-NeXT) or per image at its own resolution (Qwen2-VL; {shape.visual_tokens} "
                          "at the 448x448 reference size); the LLM's visual span depends on the image size, so only "
-                         f"LLaVA-NeXT's ratio schedules ({', '.join(PER_TILE_STAGE3)}: the fraction T/tile of each span) "
-                         f"carry such a budget into the LLM, and {method} on {shape.per_tile} has none",
+                         f"the ratio schedules ({', '.join(PER_TILE_STAGE3)}: the fraction T/{shape.visual_tokens} of "
+                         f"each span) carry such a budget into the LLM, and {method} on {shape.per_tile} has none",
                          "run Stage-1/2 methods here (e.g. --method visionzip); for Stage 3 write settings with "
                          "meteor prune-llm --model DIR --method meteor|fastv ... and pass --prune-llm (without --method)")
     if method == "meteor":

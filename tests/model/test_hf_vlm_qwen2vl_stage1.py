@@ -205,8 +205,8 @@ def test_cli_rank_estimate_allocate_eval_infer_flops(cli, hf_vlm_dirs, synth112,
     assert res.exit_code == 0, res.output
     vis = {json.loads(x)["method"]: json.loads(x)["visual_tokens"] for x in (tmp_path / "v.samples.jsonl").read_text().splitlines()}
     assert vis == {"unpruned": 16, "visionzip": 4}
-    res = cli("eval", "--model", d, "--data", str(synth), "--method", "fastv", "--visual-tokens", "4", "--out", "f.json")
-    assert res.exit_code == 2 and "prune-llm" in res.output
+    res = cli("eval", "--model", d, "--data", str(synth), "--method", "meteor", "--visual-tokens", "8", "--out", "f.json")
+    assert res.exit_code == 2 and "prune-llm" in res.output  # λ is calibrated to a count, spans vary per image
 
     # flops: the tower exact per kept patch (4 per window), the merger per kept window
     from meteor_cli.artifacts import make_artifact, write_artifact
@@ -265,3 +265,30 @@ def test_pruned_tower_equals_transformers_loop_on_the_kept_patches(qwen):
     finally:
         handle.remove()
     assert torch.equal(torch.cat(feats), want)
+
+
+def test_cli_stage3_ratio_budgets_are_a_fraction_of_each_images_span(cli, hf_vlm_dirs, synth112, tmp_path):
+    """--visual-tokens T with fastv/pdrop/dart: T of the 16 reference tokens = the same fraction of every
+    image's own span (here half of 12, 8, 16 and 12 windows), averaged over the LLM's layers."""
+    import shutil
+
+    from PIL import Image
+
+    sv = tmp_path / "sv"
+    shutil.copytree(synth112, sv)
+    spans = [12, 8, 16, 12]
+    questions = [json.loads(x) for x in (sv / "eval" / "questions.jsonl").read_text().splitlines()]
+    for q, size in zip(questions, [(112, 84), (56, 112), (112, 112), (84, 112)]):
+        Image.open(sv / q["image"]).convert("RGB").resize(size).save(sv / q["image"])
+    res = cli("eval", "--model", str(hf_vlm_dirs["qwen2_vl"]), "--data", str(sv), "--method", "fastv,pdrop,dart",
+              "--visual-tokens", "8", "--batch-size", "2", "--max-new-tokens", "2", "--out", "s3.json", "--json")
+    assert res.exit_code == 0, res.output
+    for r in json.loads(res.stdout)["results"]:
+        assert r["tokens"]["stage2_visual"] == sum(spans) / 4, r["label"]  # the whole span enters the LLM
+        assert r["tokens"]["stage3_layer_averaged"] == pytest.approx(sum(spans) / 8, abs=0.75), r["label"]
+    rows = [json.loads(x) for x in (tmp_path / "s3.samples.jsonl").read_text().splitlines()]
+    assert len(rows) == 12
+    for row in rows:
+        n = spans[row["pos"]]
+        assert row["visual_tokens"] == n
+        assert row["stage3"]["layer_averaged"] == pytest.approx(n / 2, abs=1.0), row
