@@ -167,7 +167,7 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
 @meteor_command("demo")
 def main(
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory for every artifact of the demo.")] = Path("meteor-demo"),
-    model: Annotated[str, typer.Option("--model", help="Model to demonstrate on (preset or checkpoint).")] = "tiny-synthvqa",
+    model: Annotated[str, typer.Option("--model", help="Model to demonstrate on (preset or checkpoint).")] = "tiny-synthvqa-v2",
     budget: Annotated[float, typer.Option(
         "--budget", min=0.05, max=1.0, help="Visual-token budget of every pruned method, as a fraction of the "
         "model's visual tokens (layer-averaged in the LLM).")] = 0.5,
@@ -199,7 +199,7 @@ def main(
     ev = ["--data", sv, "--limit", sizes.eval, "--batch-size", 16, "--max-new-tokens", 10]
     steps: list[Step] = [
         Step("synth", ["synth", "--out", sv, "--train", sizes.train, "--eval", sizes.eval, "--turns", 4, "--seed",
-                       eval_seed, "--overwrite", "-q"], [sv / "synthvqa.json"], _synth_check(sv, sizes)),
+                       eval_seed, "--ocr-style", "large", "--overwrite", "-q"], [sv / "synthvqa.json"], _synth_check(sv, sizes)),
         Step("rank-estimate", ["rank-estimate", "--model", model, "--data", sv / "train.json", "--count", sizes.rank_count,
                                "--grid", 8, "--out", out / "ranks.json", *common], [out / "ranks.json"],
              _artifact_check(out / "ranks.json", "meteor.ranks")),
