@@ -241,7 +241,7 @@ def _evaluate(run: Run, *, model: str, benchmark: str, data: Path, image_root: P
         sink.open(restart)
 
         def prepare(setting: EvalSetting) -> None:  # meteor's Stage-3 scale at this budget
-            if setting.calibrate_to is not None:
+            if setting.calibrate_to is not None or setting.calibrate_ratio is not None:
                 calibrations[setting.label] = _calibrate(run, vlm, setting, items, calibrate_count)
 
         try:
@@ -355,7 +355,7 @@ def _calibrate(run: Run, vlm: Any, setting: Any, items: list[Any], count: int) -
                                 "check --data and --image-root")
     cal = calibrate_meteor(vlm, setting, images, prompts, seed=run.seed, device=run.device.torch)
     if abs(cal["achieved"] - cal["target"]) > 0.02 * cal["target"]:
-        run.warn(f"{setting.label}: Stage 3 calibrated to {cal['achieved']:.1f} layer-averaged visual tokens, not "
+        run.warn(f"{setting.label}: Stage 3 calibrated to {cal['achieved']:.3g} {cal['unit']}, not "
                  f"{cal['target']:g} (limits of the scale range)")
     return cal
 

@@ -344,13 +344,14 @@ def build_setting(method: str, target: int | None, shape: ModelShape, *, ranks: 
         raise UsageError(f"--method {method} needs a budget", "add --budget F, --visual-tokens T or --sweep V1,V2,...")
     stage = (1 if method in STAGE1_METHODS else 2 if method in STAGE2_METHODS else 3 if method in ("dart", "fastv", "pdrop")
              else 0 if method == "meteor" else policy_stage(method))
-    ratio_ok = method in PER_TILE_STAGE3
+    ratio_ok = method in PER_TILE_STAGE3 or method == "meteor"
     if shape.per_tile is not None and stage not in (1, 2) and not ratio_ok:
         raise UsageError(f"on {shape.per_tile} a budget counts tokens per "
                          f"anyres tile (LLaVA-NeXT) or per image at its own resolution (Qwen2-VL; {shape.visual_tokens} "
                          "at the 448x448 reference size); the LLM's visual span depends on the image size, so only "
                          f"the ratio schedules ({', '.join(PER_TILE_STAGE3)}: the fraction T/{shape.visual_tokens} of "
-                         f"each span) carry such a budget into the LLM, and {method} on {shape.per_tile} has none",
+                         f"each span) and meteor (λ calibrated to a fraction of each span) carry such a budget into "
+                         f"the LLM, and {method} on {shape.per_tile} has none",
                          "run Stage-1/2 methods here (e.g. --method visionzip); for Stage 3 write settings with "
                          "meteor prune-llm --model DIR --method meteor|fastv ... and pass --prune-llm (without --method)")
     if method == "meteor":
@@ -370,6 +371,8 @@ def build_setting(method: str, target: int | None, shape: ModelShape, *, ranks: 
         alloc = _allocation(ranks, shape, keep_ratio=ratio, fusion_keep=s2)
         settings = {k: v for k, v in prune_llm.items() if k not in ("method", "model", "calibration", "visual_tokens")}
         s3 = _stage3("meteor", shape, **settings)
+        if shape.per_tile is not None:  # Stage 1-2 keep s2 per tile / image; Stage 3 the fraction T/s2 of each span
+            return EvalSetting("meteor", target, alloc, s3, None, None, calibrate_ratio=round(target / s2, 6))
         return EvalSetting("meteor", target, alloc, s3, None, None, calibrate_to=float(target))
     if method == "fastv":
         k, r = fastv_setting(n, target, L)
@@ -434,8 +437,9 @@ def build_settings(methods: Sequence[str], budgets: Sequence[int], shape: ModelS
 def calibrate_meteor(vlm: Any, setting: Any, images: Sequence[Any], prompts: Sequence[str], *, seed: int = 0,
                      device: Any = None, batch_size: int = 8) -> dict[str, Any]:
     """Fit the scale c of ``setting``'s meteor Stage 3 (its Stage 1-2 applied) so the mean
-    layer-averaged visual tokens on ``images``/``prompts`` hit ``setting.calibrate_to``; sets
-    ``setting.prune_llm["scale"]`` and returns the calibration record."""
+    layer-averaged visual tokens on ``images``/``prompts`` hit ``setting.calibrate_to`` (or, with
+    ``setting.calibrate_ratio``, so their mean fraction of each sample's span into the LLM hits
+    that ratio); sets ``setting.prune_llm["scale"]`` and returns the calibration record."""
     import statistics
 
     import torch
@@ -471,18 +475,22 @@ def calibrate_meteor(vlm: Any, setting: Any, images: Sequence[Any], prompts: Seq
                     vlm.llm(inputs_embeds=inp.embeds, attention_mask=inp.attention_mask)
             for b in range(len(inp.visual_len)):
                 kept = [len(sess.kept[p][b]) for p in policy.layers]
-                avgs.append(layer_averaged_tokens(inp.visual_len[b], policy.layers, kept, n_layers))
+                avg = layer_averaged_tokens(inp.visual_len[b], policy.layers, kept, n_layers)
+                avgs.append(avg / max(1, inp.visual_len[b]) if ratio else avg)
         last[scale] = avgs
         return sum(avgs) / len(avgs)
 
+    ratio = setting.calibrate_ratio is not None
+    target = float(setting.calibrate_ratio if ratio else setting.calibrate_to)
     try:
-        cal = calibrate_scale(measure, float(setting.calibrate_to), tol=0.02)
+        cal = calibrate_scale(measure, target, tol=0.02)
     finally:
         pruner.remove()
         vlm.stage1 = vlm.stage2 = None
     setting.prune_llm = {**setting.prune_llm, "scale": cal.scale}
     avgs = last[cal.scale]
-    return {"scale": cal.scale, "target": setting.calibrate_to, "achieved": cal.achieved,
+    return {"scale": cal.scale, "target": target, "achieved": cal.achieved,
+            "unit": "fraction of each span" if ratio else "layer-averaged visual tokens",
             "std": statistics.pstdev(avgs), "n": len(avgs), "iterations": cal.iterations}
 
 

@@ -126,6 +126,10 @@ class EvalSetting:
     #: meteor's Stage 3 at a budget: its scale is calibrated in the run so the layer-averaged
     #: visual tokens are this many (``meteor_cli.eval.methods.calibrate_meteor``).
     calibrate_to: float | None = None
+    #: meteor's Stage 3 where the span depends on the image (LLaVA-NeXT tiles, Qwen2-VL): the scale is
+    #: calibrated so the layer-averaged visual tokens are this FRACTION of each sample's span into the
+    #: LLM on average (``calibrate_to`` is then None).
+    calibrate_ratio: float | None = None
 
     @property
     def label(self) -> str:
@@ -136,13 +140,14 @@ class EvalSetting:
         return {"method": self.method, "budget": self.budget, "allocation": self.allocation,
                 "prune_llm": self.prune_llm, "stage1_method": self.stage1_method,
                 **({"stage1_options": self.stage1_options} if self.stage1_options else {}),
-                **({"calibrate_to": self.calibrate_to} if self.calibrate_to is not None else {})}
+                **({"calibrate_to": self.calibrate_to} if self.calibrate_to is not None else {}),
+                **({"calibrate_ratio": self.calibrate_ratio} if self.calibrate_ratio is not None else {})}
 
     @classmethod
     def from_identity(cls, s: dict[str, Any]) -> EvalSetting:
         """The setting an :meth:`identity` describes (``meteor eval merge``)."""
         return cls(s["method"], s["budget"], s["allocation"], s["prune_llm"], s["stage1_method"],
-                   s.get("stage1_options"), s.get("calibrate_to"))
+                   s.get("stage1_options"), s.get("calibrate_to"), s.get("calibrate_ratio"))
 
 
 def _chunks(seq: Sequence[Any], n: int) -> Iterator[Sequence[Any]]:

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from .hf_vlm_builders import images
-from .test_hf_vlm_stage1 import PROMPTS, Recorder, _allocation, _logits, synth  # noqa: F401 (synth: a fixture)
+from .test_hf_vlm_stage1 import PROMPTS, Recorder, _allocation, _logits, check_meteor_at_a_per_crop_budget, synth  # noqa: F401 (synth: a fixture)
 
 SIZES = [(50, 40), (30, 60)]
 TILES = [5, 3]
@@ -213,8 +213,14 @@ def test_cli_per_tile_budgets_visionzip_and_stage3_ratios(cli, hf_vlm_dirs, synt
         tok = r["tokens"]
         assert tok["stage2_visual"] == 88, r["label"]  # the whole span enters the LLM
         assert tok["stage3_layer_averaged"] == pytest.approx(44, abs=3), (r["label"], tok)
-    res = cli("eval", "--model", d, "--data", str(synth), "--method", "meteor", "--visual-tokens", "8", "--out", "f.json")
+    res = cli("eval", "--model", d, "--data", str(synth), "--method", "all-heads", "--visual-tokens", "8", "--out", "f.json")
     assert res.exit_code == 2 and "anyres tile" in res.output and "prune-llm" in res.output
+
+
+def test_cli_meteor_at_a_per_tile_budget(cli, hf_vlm_dirs, synth, tmp_path):
+    rows = check_meteor_at_a_per_crop_budget(cli, str(hf_vlm_dirs["llava_next"]), synth, tmp_path, 8)
+    # Stage 1-2 keep 10 of every tile's 16 (5 tiles) plus one newline per kept row: at most 50 + 8
+    assert all(10 + 4 * 10 <= r["visual_tokens"] <= 50 + 8 for r in rows)
 
 
 def test_stage2_keeps_its_count_in_every_tile(nxt):

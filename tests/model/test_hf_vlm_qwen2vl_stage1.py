@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from .hf_vlm_builders import images
-from .test_hf_vlm_stage1 import PROMPTS, _allocation
+from .test_hf_vlm_stage1 import PROMPTS, _allocation, check_meteor_at_a_per_crop_budget
 
 SIZES = [(112, 84), (56, 112)]
 
@@ -205,8 +205,8 @@ def test_cli_rank_estimate_allocate_eval_infer_flops(cli, hf_vlm_dirs, synth112,
     assert res.exit_code == 0, res.output
     vis = {json.loads(x)["method"]: json.loads(x)["visual_tokens"] for x in (tmp_path / "v.samples.jsonl").read_text().splitlines()}
     assert vis == {"unpruned": 16, "visionzip": 4}
-    res = cli("eval", "--model", d, "--data", str(synth), "--method", "meteor", "--visual-tokens", "8", "--out", "f.json")
-    assert res.exit_code == 2 and "prune-llm" in res.output  # λ is calibrated to a count, spans vary per image
+    res = cli("eval", "--model", d, "--data", str(synth), "--method", "all-heads", "--visual-tokens", "8", "--out", "f.json")
+    assert res.exit_code == 2 and "prune-llm" in res.output  # no ratio to carry a per-image budget
 
     # flops: the tower exact per kept patch (4 per window), the merger per kept window
     from meteor_cli.artifacts import make_artifact, write_artifact
@@ -292,3 +292,8 @@ def test_cli_stage3_ratio_budgets_are_a_fraction_of_each_images_span(cli, hf_vlm
         n = spans[row["pos"]]
         assert row["visual_tokens"] == n
         assert row["stage3"]["layer_averaged"] == pytest.approx(n / 2, abs=1.0), row
+
+
+def test_cli_meteor_at_a_per_image_budget(cli, hf_vlm_dirs, synth112, tmp_path):
+    rows = check_meteor_at_a_per_crop_budget(cli, str(hf_vlm_dirs["qwen2_vl"]), synth112, tmp_path, 8)
+    assert all(r["visual_tokens"] == 10 for r in rows)  # 16 windows per 112x112 image, Stage 1-2 keep 10

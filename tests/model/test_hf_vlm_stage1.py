@@ -217,3 +217,28 @@ def test_stage1_refused_with_the_reason_where_there_is_no_adapter(cli, hf_vlm_di
     assert res.exit_code == 2 and "own Stage-1 adapter" in res.output
     res = cli("eval", "--model", q, "--data", str(synth), "--method", "visionzip", "--visual-tokens", "4", "--out", "m.json")
     assert res.exit_code == 2 and "own Stage-1 adapter" in res.output and "prune-llm" in res.output
+
+
+def check_meteor_at_a_per_crop_budget(cli, model: str, data, tmp_path, t: int, count: int = 4) -> list[dict]:
+    """``eval --method meteor --visual-tokens t`` on a model whose span depends on the image (LLaVA-NeXT
+    tiles, Qwen2-VL): Stage 1-2 keep round(1.25 t) per tile / image, Stage 3's scale is calibrated
+    so the layer-averaged tokens are t / round(1.25 t) of each span on average (on the run's own
+    questions here, so the rows hit it). Returns the per-sample rows."""
+    res = cli("rank-estimate", "--model", model, "--data", str(data / "train.json"), "--count", "3", "--out", "r.json",
+              "-q")
+    assert res.exit_code == 0, res.output
+    assert cli("prune-llm", "--model", model, "--heads", "2", "--out", "p.json", "-q").exit_code == 0
+    res = cli("eval", "--model", model, "--data", str(data), "--limit", str(count), "--batch-size", "2", "--method",
+              "meteor", "--visual-tokens", str(t), "--ranks", "r.json", "--prune-llm", "p.json", "--max-new-tokens", "2",
+              "--calibrate-count", str(count), "--out", "mt.json", "--json")
+    assert res.exit_code == 0, res.output
+    (result,) = json.loads(res.stdout)["results"]
+    s2 = round(1.25 * t)
+    cal = result["stage3_calibration"]
+    assert cal["unit"] == "fraction of each span" and cal["target"] == pytest.approx(t / s2)
+    assert cal["achieved"] == pytest.approx(t / s2, rel=0.02) and cal["n"] == count
+    rows = [json.loads(x) for x in (tmp_path / "mt.samples.jsonl").read_text().splitlines()]
+    assert len(rows) == count
+    ratios = [r["stage3"]["layer_averaged"] / r["visual_tokens"] for r in rows]
+    assert sum(ratios) / len(ratios) == pytest.approx(cal["achieved"], abs=1e-6)  # eval measures what was fitted
+    return rows
