@@ -10,12 +10,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from meteor_cli.data.llava import load_image, resolve_image
 
 
 def install_pruning(vlm: Any, allocation: dict[str, Any] | None, prune_llm: dict[str, Any] | None, seed: int = 0,
@@ -50,18 +48,6 @@ def install_pruning(vlm: Any, allocation: dict[str, Any] | None, prune_llm: dict
     return LLMPruner(vlm.llm, make_policy(prune_llm["method"], **settings))
 
 
-def _open(image_root: Path, q: dict[str, Any], allow_outside_root: bool = False) -> Any:
-    """The question's image, its path confined to ``image_root`` (see ``resolve_image``)."""
-    path = resolve_image(q, image_root, allow_outside_root=allow_outside_root)
-    try:
-        return load_image(path)
-    except OSError as exc:
-        from meteor_cli.errors import InputNotFoundError
-
-        raise InputNotFoundError(f"question {q.get('question_id')}: cannot read image {path} ({exc})",
-                                 "check --image-root (image paths are relative to it)") from None
-
-
 def images_for(vlm: Any, images: Sequence[Any]) -> Any:
     """PIL images as ``vlm`` takes them: its own ``image_batch`` (transformers VLMs: the processor
     resizes), else a (B, 3, S, S) tensor squared as the model's ``image_tensor`` does it (the
@@ -71,41 +57,20 @@ def images_for(vlm: Any, images: Sequence[Any]) -> Any:
     return torch.stack([vlm.image_tensor(im) for im in images])
 
 
-@torch.no_grad()
-def run_questions(vlm: Any, questions: Sequence[dict[str, Any]], image_root: Path, *, stage3: Any = None,
-                  batch_size: int = 1, max_new_tokens: int = 16, temperature: float = 0.0, progress: Callable[[int], None] | None = None,
-                  allow_outside_root: bool = False) -> list[dict[str, Any]]:
+def _token_record(inputs: Any, vis: Any, sess: Any, b: int, n_layers: int) -> dict[str, Any]:
+    """Sample ``b``'s token counts after a ``generate(..., details=True)``: visual tokens into the LLM,
+    prompt text tokens, per encoder, and Stage 3's kept counts per pruning layer with their layer average."""
     from meteor_cli.pruning.schedule import layer_averaged_tokens
 
-    from meteor_cli.pruning.llm_pruner import text_config
-
-    n_layers = text_config(vlm.llm).num_hidden_layers
-    rows: list[dict[str, Any]] = []
-    for i in range(0, len(questions), batch_size):
-        batch = questions[i:i + batch_size]
-        imgs = images_for(vlm, [_open(image_root, q, allow_outside_root) for q in batch])
-        prompts = [q["text"] if "<image>" in q["text"] else "<image>\n" + q["text"] for q in batch]
-        t0 = time.perf_counter()
-        texts, inputs, vis, sess = vlm.generate(imgs, prompts, max_new_tokens=max_new_tokens, temperature=temperature,
-                                                stage3=stage3, details=True)
-        dt = (time.perf_counter() - t0) / len(batch)
-        for b, q in enumerate(batch):
-            n_vis = inputs.visual_len[b]
-            row = {"question_id": q["question_id"], "prompt": q["text"], "text": texts[b], "category": q.get("category"),
-                   "visual_tokens": n_vis, "text_tokens": int(inputs.attention_mask[b].sum()) - n_vis,
-                   "per_encoder": {k: v[b] for k, v in vis.per_encoder.items()},
-                   "seconds": round(dt, 4)}
-            if sess is not None and sess.kept:
-                layers = sorted(sess.kept)
-                kept = [len(sess.kept[p][b]) for p in layers]
-                row["stage3"] = {"layers": layers, "kept": kept,
-                                 "layer_averaged": layer_averaged_tokens(n_vis, layers, kept, n_layers)}
-            else:
-                row["stage3"] = {"layers": [], "kept": [], "layer_averaged": float(n_vis)}
-            rows.append(row)
-        if progress is not None:
-            progress(len(batch))
-    return rows
+    n_vis = inputs.visual_len[b]
+    if sess is not None and sess.kept:
+        layers = sorted(sess.kept)
+        kept = [len(sess.kept[p][b]) for p in layers]
+        s3 = {"layers": layers, "kept": kept, "layer_averaged": layer_averaged_tokens(n_vis, layers, kept, n_layers)}
+    else:
+        s3 = {"layers": [], "kept": [], "layer_averaged": float(n_vis)}
+    return {"visual_tokens": n_vis, "text_tokens": int(inputs.attention_mask[b].sum()) - n_vis,
+            "per_encoder": {k: v[b] for k, v in vis.per_encoder.items()}, "stage3": s3}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -196,7 +161,6 @@ def _evaluate_setting(vlm: Any, setting: EvalSetting, pending: Sequence[tuple[in
                       sink: Callable[[list[dict[str, Any]]], None], run_id: str, batch_size: int,
                       max_new_tokens: int, n_layers: int, progress: Callable[[int], None] | None) -> int:
     from meteor_cli.eval.benchmarks.base import open_image
-    from meteor_cli.pruning.schedule import layer_averaged_tokens
 
     written = 0
     for batch in _chunks(pending, batch_size):
@@ -217,18 +181,9 @@ def _evaluate_setting(vlm: Any, setting: EvalSetting, pending: Sequence[tuple[in
                                                     details=True)
             dt = (time.perf_counter() - t0) / len(ok)
             for b, (pos, it, _) in enumerate(ok):
-                n_vis = inputs.visual_len[b]
-                if sess is not None and sess.kept:
-                    layers = sorted(sess.kept)
-                    kept = [len(sess.kept[p][b]) for p in layers]
-                    s3 = {"layers": layers, "kept": kept,
-                          "layer_averaged": layer_averaged_tokens(n_vis, layers, kept, n_layers)}
-                else:
-                    s3 = {"layers": [], "kept": [], "layer_averaged": float(n_vis)}
                 rows.append({"run": run_id, "pos": pos, "method": setting.method, "budget": setting.budget,
-                             "setting": setting.label, **it.record(), "text": texts[b], "visual_tokens": n_vis,
-                             "text_tokens": int(inputs.attention_mask[b].sum()) - n_vis, "per_encoder": {k: v[b] for k, v in vis.per_encoder.items()}, "stage3": s3,
-                             "seconds": round(dt, 4)})
+                             "setting": setting.label, **it.record(), "text": texts[b],
+                             **_token_record(inputs, vis, sess, b, n_layers), "seconds": round(dt, 4)})
         rows.sort(key=lambda r: r["pos"])
         sink(rows)
         written += len(rows)

@@ -60,7 +60,7 @@ class HFInputs:
 
 @dataclass
 class VisionSummary:
-    """Visual tokens per sample, in the shape ``run_questions`` reports (one encoder: the tower).
+    """Visual tokens per sample, in the shape ``meteor eval`` rows report (one encoder: the tower).
 
     ``inputs`` (the processed batch) and ``image_sizes`` ((W, H) per sample) let
     :class:`HFKeptRecorder` place each visual token on its image grid; ``kept_owners`` (set when
