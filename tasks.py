@@ -108,7 +108,7 @@ def pretrain_tiny(args: list[str]) -> None:
     (meteor_cli/model/grow.py: the 8-layer model starts with exactly v1's logits), then 4.5k steps at
     4e-4, weight decay 0.05, batch 16, on generator-v4 data: 25k OCR-only images drawn
     `--ocr-style large` (seed 10) + 30k general/hallucination/chart images (seed 11), shuffled
-    together (runs/mix7.json, OCR on 45 % of the images), ~95 min on 2 cores, runs/tiny-synthvqa-v2/;
+    together (runs/mix7.json, OCR on 45 % of the images), ~95 min on 2 cores, runs/tiny-synthvqa-v2/.
     Phase 5 (shipped as `tiny-synthvqa-v2`): 3.6k more steps from phase 4 at 3e-4 (cosine, warm-up 3 %,
     weight decay 0.05, batch 16) on an OCR-rich generator-v4 mix: 40k `--ocr-style large` OCR images
     (seed 12) + 28k general/hallucination/chart images (seed 13) (runs/mix8.json, OCR on 59 % of the
