@@ -108,7 +108,8 @@ def main() -> None:
     ap.add_argument("--one-run-methods", default="unpruned,meteor,visionzip,dart,fastv,pdrop,pool",
                     help="methods of the `meteor eval --method` comparison (#17)")
     ap.add_argument("--one-run-budgets", default="48", help="visual-token budgets of that comparison (comma list)")
-    ap.add_argument("--rows", default="", help="comma-separated row names to run (default: all)")
+    ap.add_argument("--rows", default="",
+                    help="semicolon-separated row names to run (names contain commas; default: all)")
     args = ap.parse_args()
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -180,6 +181,10 @@ def main() -> None:
         meteor("prune-llm", "--model", model, *flags, "--out", p, outputs=[p])
         settings[f"stage3 {name}"] = ("stage3", model, ["--prune-llm", p])
 
+    wanted = {r.strip() for r in args.rows.split(";") if r.strip()}
+    known = [*settings, "meteor stage 1-2, fine-tuned"]
+    if wanted - set(known):
+        sys.exit(f"--rows: no row named {sorted(wanted - set(known))}; rows: {'; '.join(known)}")
     ft = out / "finetuned"
     t0 = time.perf_counter()
     meteor("train", "--model", model, "--data", args.train, "--image-root", image_root, "--allocation",
@@ -187,7 +192,6 @@ def main() -> None:
            "--warmup", 0.05, "--device", "cpu", "--out", ft, outputs=[ft / "config.json"])
     ft_wall = time.perf_counter() - t0
     settings["meteor stage 1-2, fine-tuned"] = ("finetuned", str(ft), ["--allocation", out / "s12-rank.allocation.json"])
-    wanted = {r.strip() for r in args.rows.split(",") if r.strip()}
     if wanted:
         settings = {k: v for k, v in settings.items() if k in wanted or k == "unpruned"}
 
