@@ -7,7 +7,8 @@
 For each SynthVQA directory (one evaluation seed each): ``meteor rank-estimate`` once, then one
 ``meteor allocate`` per setting — Stage 1 off (explicit totals = every token), Stage 2 keeping
 ``--keep`` tokens with: the paper's ``sum`` score, the [inferred] ``mean``, ``encoder-mean`` and
-``zscore`` scores, ``sum`` with a per-encoder floor of 0.5, and the ``separate`` and ``random``
+``zscore`` scores, ``sum``, ``zscore`` and ``mean`` with a per-encoder floor of 0.5, a floor of 1.0 (per-encoder
+quotas, collaborative score), and the ``separate`` and ``random``
 baselines — and ``meteor eval`` of each on the same questions. Pick a default on the FIRST
 directory (the development seed) and read the others as held-out.
 
@@ -34,6 +35,11 @@ SETTINGS = (
     ("encoder-mean", ["--stage2-method", "meteor", "--stage2-score", "encoder-mean"]),
     ("zscore", ["--stage2-method", "meteor", "--stage2-score", "zscore"]),
     ("sum + floor 0.5", ["--stage2-method", "meteor", "--stage2-score", "sum", "--stage2-floor", "0.5"]),
+    ("zscore + floor 0.5", ["--stage2-method", "meteor", "--stage2-score", "zscore", "--stage2-floor", "0.5"]),
+    ("mean + floor 0.5", ["--stage2-method", "meteor", "--stage2-score", "mean", "--stage2-floor", "0.5"]),
+    # floor 1.0: every encoder keeps its quota (∝ token count) of its tokens least redundant with the OTHER
+    # encoders — separate's quotas with the collaborative score (any per-encoder score ranks the same).
+    ("quotas (floor 1.0)", ["--stage2-method", "meteor", "--stage2-score", "sum", "--stage2-floor", "1.0"]),
     ("separate", ["--stage2-method", "separate"]),
     ("random", ["--stage2-method", "random"]),
 )

@@ -11,8 +11,9 @@ prune-llm, train, eval, flops), each run as a child process; their command lines
 
 * **Stage 1 allocation** (``--keep-ratio s1`` inside the encoders, Stage 2 to ``T``): rank,
   average and rank-reverse budgets;
-* **Stage 2** alone (no Stage 1): collaborative with each redundancy score (zscore = default,
-  the paper's sum, mean, encoder-mean), separate, random, and 2-D pooling, each keeping ``T``;
+* **Stage 2** alone (no Stage 1): collaborative with the default (the paper's sum with a per-encoder
+  floor of 0.5) and each redundancy score without a floor (the paper's sum, zscore, mean,
+  encoder-mean), separate, random, and 2-D pooling, each keeping ``T``;
 * **VisionZip** as the Stage-1 policy, ``T`` tokens in all;
 * **Stage 3** alone at an equal LAYER-AVERAGED budget ``--stage3-budget`` (default 50 %: on an
   8-layer LLM, FastV's and PDrop's default layers already spend 25 % before their first prune):
@@ -136,10 +137,11 @@ def main() -> None:
                "--out", a, outputs=[a])
         settings[f"stage1 {strat}"] = ("stage1", model, ["--allocation", a])
     full = f"{n_vis},{n_vis},{n_vis}"
-    for name, flags in (("collaborative zscore", ["--stage2-score", "zscore"]),
-                        ("collaborative sum (paper)", ["--stage2-score", "sum"]),
-                        ("collaborative mean", ["--stage2-score", "mean"]),
-                        ("collaborative encoder-mean", ["--stage2-score", "encoder-mean"]),
+    for name, flags in (("collaborative sum + floor 0.5 (default)", ["--stage2-score", "sum", "--stage2-floor", 0.5]),
+                        ("collaborative zscore", ["--stage2-score", "zscore", "--stage2-floor", 0]),
+                        ("collaborative sum (paper)", ["--stage2-score", "sum", "--stage2-floor", 0]),
+                        ("collaborative mean", ["--stage2-score", "mean", "--stage2-floor", 0]),
+                        ("collaborative encoder-mean", ["--stage2-score", "encoder-mean", "--stage2-floor", 0]),
                         ("separate", ["--stage2-method", "separate"]),
                         ("random", ["--stage2-method", "random"]),
                         ("pool", ["--stage2-method", "pool"])):
@@ -241,10 +243,13 @@ def main() -> None:
 
     claim("rank > average (Stage 1 allocation)", "stage1 rank", "stage1 average")
     claim("average > rank-reverse", "stage1 average", "stage1 rank-reverse")
-    claim("collaborative (default zscore) > separate", "stage2 collaborative zscore", "stage2 separate")
+    default2 = "stage2 collaborative sum + floor 0.5 (default)"
+    claim("collaborative (default: sum + floor 0.5) > separate", default2, "stage2 separate")
     claim("separate > random", "stage2 separate", "stage2 random")
     claim("collaborative (paper's sum) > separate", "stage2 collaborative sum (paper)", "stage2 separate")
-    claim("collaborative (default) > pool", "stage2 collaborative zscore", "stage2 pool")
+    claim("collaborative (zscore, the earlier default) > separate", "stage2 collaborative zscore", "stage2 separate")
+    claim("collaborative (default) > random", default2, "stage2 random")
+    claim("collaborative (default) > pool", default2, "stage2 pool")
     for other in ("fixed", "fastv", "pdrop", "dart"):
         claim(f"adaptive Stage 3 >= {other}", "stage3 meteor adaptive", f"stage3 {other}")
         claim(f"adaptive Stage 3 >= {other} on ocr", "stage3 meteor adaptive", f"stage3 {other}", "ocr")

@@ -57,13 +57,14 @@ def main(
         "--contextual", min=0, help="visionzip: contextual (merged) tokens per encoder (VisionZip's `contextual=`).")] = None,
     stage2_method: Annotated[str, typer.Option(
         "--stage2-method", help="Stage-2 policy: meteor (collaborative), separate, random, pool (`meteor list policies`).")] = "meteor",
+    # The two defaults are pruning.stage2.DEFAULT_SCORE / DEFAULT_FLOOR (tested), literal here: no torch at --help.
     stage2_score: Annotated[str, typer.Option(
-        "--stage2-score", help="Redundancy score of the meteor Stage-2 policy: zscore ([inferred]: the paper's sum "
-        "standardised within each encoder; chosen on held-out SynthVQA seeds), sum (the paper's as written), "
-        "mean, encoder-mean (docs/synthvqa.md compares them).")] = "zscore",
+        "--stage2-score", help="Redundancy score of the meteor Stage-2 policy: sum (the paper's), or the "
+        "[inferred] normalised mean, encoder-mean, zscore (docs/synthvqa.md compares them).")] = "sum",
     stage2_floor: Annotated[float, typer.Option(
         "--stage2-floor", min=0.0, max=1.0, help="[inferred] Each encoder first keeps this fraction of its "
-        "proportional share of --fusion-keep (0 = the paper's joint selection).")] = 0.0,
+        "proportional share of --fusion-keep, the rest is chosen jointly (0 = the paper's joint selection; "
+        "the default 0.5 with sum was chosen on a SynthVQA development seed).")] = 0.5,
     model: Annotated[str | None, typer.Option(
         "--model", help="Check the ranks' encoders against this model (preset, checkpoint, config JSON or "
         "transformers LLaVA-1.5 / LLaVA-NeXT / Qwen2-VL directory; on LLaVA-NeXT the budgets apply to every anyres "

@@ -22,8 +22,10 @@ to positions. Every choice here is **[inferred]** (a METEOR-style default, docs/
   the same count for every sample (A12).
 
 ``stage2.method`` ``random`` draws the positions uniformly (seeded per sample, covered positions
-first). ``separate`` (per-encoder quotas) and ``floor`` > 0 have no meaning when a position is
-shared by all encoders: they are refused with a message.
+first). ``separate`` (per-encoder quotas) has no meaning when a position is shared by all
+encoders: it is refused with a message. ``stage2.floor`` (each encoder first keeps a fraction of
+its share, ``meteor allocate``'s default 0.5) is met by construction — a kept position keeps every
+encoder's features there — so it changes nothing here.
 """
 
 from __future__ import annotations
@@ -112,9 +114,6 @@ def select_positions(stage2: Any, fused: torch.Tensor, covered: torch.Tensor, wi
         raise UsageError(f"Stage-2 method {method!r} has no meaning on pre-projection fusion's shared positions",
                          f"use stage2.method {' or '.join(map(repr, POSITION_METHODS))} (`meteor allocate "
                          "--stage2-method`); docs/eagle.md explains why")
-    if float(getattr(stage2, "floor", 0.0) or 0.0) > 0:
-        raise UsageError(f"stage2.floor {stage2.floor} has no meaning on pre-projection fusion's shared positions "
-                         "(a position is kept for all encoders at once)", "allocate with --stage2-floor 0")
     if method == "random":
         seed = int(getattr(stage2, "seed", 0))
         ids = list(range(B)) if sample_ids is None else sample_ids

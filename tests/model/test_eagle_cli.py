@@ -231,16 +231,28 @@ def test_position_redundancy_drops_duplicates_and_uncovered_positions_first():
     assert res.indices.tolist() == [[0, 1, 2, 4, 5, 7]]
 
 
-@pytest.mark.parametrize("setting, message", [(("separate", 0.0), "no meaning"), (("meteor", 0.5), "stage2.floor")])
-def test_stage2_settings_without_meaning_on_positions_are_refused(setting, message):
+def test_stage2_settings_without_meaning_on_positions_are_refused():
     from meteor_cli.errors import UsageError
     from meteor_cli.pruning.positions import select_positions
     from meteor_cli.pruning.stage2 import Stage2
 
-    method, floor = setting
-    with pytest.raises(UsageError, match=message):
-        select_positions(Stage2(2, method, floor=floor), torch.rand(1, 4, 6), torch.ones(1, 2, 4, dtype=torch.bool),
+    with pytest.raises(UsageError, match="no meaning"):
+        select_positions(Stage2(2, "separate"), torch.rand(1, 4, 6), torch.ones(1, 2, 4, dtype=torch.bool),
                          [3, 3], torch.rand(5, 6))
+
+
+def test_a_stage2_floor_is_met_by_shared_positions():
+    """``meteor allocate``'s default floor (0.5) keeps each encoder's share: on shared positions every
+    kept position keeps every encoder, so the selection is the floor-free one."""
+    from meteor_cli.pruning.positions import select_positions
+    from meteor_cli.pruning.stage2 import Stage2
+
+    g = torch.Generator().manual_seed(0)
+    fused, w = torch.rand(2, 6, 6, generator=g), torch.rand(5, 6, generator=g)
+    covered = torch.ones(2, 2, 6, dtype=torch.bool)
+    free = select_positions(Stage2(3, "meteor", floor=0.0), fused, covered, [3, 3], w)
+    floored = select_positions(Stage2(3, "meteor", floor=0.5), fused, covered, [3, 3], w)
+    assert torch.equal(free.indices, floored.indices) and free.indices.shape == (2, 3)
 
 
 def test_normalised_resampling_mixes_only_surviving_tokens(x5):
