@@ -137,3 +137,12 @@ def test_model_check_names_the_encoders(cli, tmp_path):
     _write_ranks(tmp_path / "ranks.json")
     res = cli("allocate", "--ranks", "ranks.json", "--total", "100", "--model", "tiny")
     assert res.exit_code == ExitCode.INVALID_INPUT and "model 'tiny' has ['clip', 'convnext', 'vit']" in res.stderr
+
+
+def test_help_labels_the_inferred_stage2_options(cli):
+    """The normalised scores and the floor are not in the paper: `--help` says so (rich markup would eat a bare
+    ``[inferred]``) and shows the defaults chosen on a development seed."""
+    res = cli("allocate", "--help")
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert text.count("[inferred]") >= 2 and "[default: sum]" in text and "[default: 0.5]" in text, text

@@ -60,9 +60,9 @@ def main(
     # The two defaults are pruning.stage2.DEFAULT_SCORE / DEFAULT_FLOOR (tested), literal here: no torch at --help.
     stage2_score: Annotated[str, typer.Option(
         "--stage2-score", help="Redundancy score of the meteor Stage-2 policy: sum (the paper's), or the "
-        "[inferred] normalised mean, encoder-mean, zscore (docs/synthvqa.md compares them).")] = "sum",
+        "\\[inferred] normalised mean, encoder-mean, zscore (docs/synthvqa.md compares them).")] = "sum",
     stage2_floor: Annotated[float, typer.Option(
-        "--stage2-floor", min=0.0, max=1.0, help="[inferred] Each encoder first keeps this fraction of its "
+        "--stage2-floor", min=0.0, max=1.0, help="\\[inferred] Each encoder first keeps this fraction of its "
         "proportional share of --fusion-keep, the rest is chosen jointly (0 = the paper's joint selection; "
         "the default 0.5 with sum was chosen on a SynthVQA development seed).")] = 0.5,
     model: Annotated[str | None, typer.Option(
