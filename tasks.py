@@ -146,61 +146,41 @@ def pretrain_tiny(args: list[str]) -> None:
            "--out", out, "--device", "cpu", *resume, *args)
 
     # Phase 4: deepen to 8 layers, train on generator-v4 data (large-glyph OCR images + the other families).
-    out = runs / "tiny-synthvqa-v2"
-    if (out / "model.safetensors").is_file():
-        return
-    for name, extra in (("sv4-ocr10", ["--train", "25000", "--seed", "10", "--families", "ocr"]),
-                        ("sv4-s11", ["--train", "30000", "--seed", "11", "--families", "general,hallucination,chart"])):
-        if not (runs / name / "train.json").exists():
-            sh(meteor, "synth", "--out", runs / name, *extra, "--eval", "0", "--image-size", "128", "--turns", "8",
-               "--ocr-style", "large")
-    init, mix = runs / "tiny-synthvqa-v2-init", runs / "mix7.json"
-    if not (init / "model.safetensors").exists():
+    others = "general,hallucination,chart"
+    out4, init = runs / "tiny-synthvqa-v2", runs / "tiny-synthvqa-v2-init"
+    if not (out4 / "model.safetensors").is_file() and not (init / "model.safetensors").exists():
         sh(PY, "-c", "import sys; from meteor_cli.model.grow import deepen; deepen(sys.argv[1], sys.argv[2], 8)",
            runs / "tiny-synthvqa-c3", init)
-    if not mix.exists():
-        sh(PY, "-c", _MIX, runs, mix, "sv4-ocr10", "sv4-s11")
-    if not (out / "model.safetensors").is_file():
-        resume = ["--resume"] if (out / "checkpoints").exists() else []
-        sh(meteor, "train", "--model", init, "--data", mix, "--image-root", runs, "--lr", "4e-4", "--weight-decay",
-           "0.05", "--warmup", "0.03", "--batch-size", "16", "--max-steps", "4500", "--save-every", "250", "--out", out,
-           "--device", "cpu", *resume, *args)
-
-    # Phase 5: continue on an OCR-rich mix (40k large-OCR images, seed 12 + 28k others, seed 13).
+    _v2_phase(runs, init, out4, "mix7.json", "4e-4", "4500", args,
+              ("sv4-ocr10", "25000", "10", "ocr"), ("sv4-s11", "30000", "11", others))
+    # Phase 5: an OCR-rich mix (40k large-OCR images, seed 12 + 28k others, seed 13).
     out5 = runs / "tiny-synthvqa-v2b"
-    if (out5 / "model.safetensors").is_file():
-        return
-    for name, extra in (("sv4-ocr12", ["--train", "40000", "--seed", "12", "--families", "ocr"]),
-                        ("sv4-s13", ["--train", "28000", "--seed", "13", "--families", "general,hallucination,chart"])):
-        if not (runs / name / "train.json").exists():
-            sh(meteor, "synth", "--out", runs / name, *extra, "--eval", "0", "--image-size", "128", "--turns", "8",
-               "--ocr-style", "large")
-    mix8 = runs / "mix8.json"
-    if not mix8.exists():
-        sh(PY, "-c", _MIX, runs, mix8, "sv4-ocr12", "sv4-s13")
-    if not (out5 / "model.safetensors").is_file():
-        resume = ["--resume"] if (out5 / "checkpoints").exists() else []
-        sh(meteor, "train", "--model", out, "--data", mix8, "--image-root", runs, "--lr", "3e-4", "--weight-decay",
-           "0.05", "--warmup", "0.03", "--batch-size", "16", "--max-steps", "3600", "--save-every", "250", "--out", out5,
-           "--device", "cpu", *resume, *args)
-
+    _v2_phase(runs, out4, out5, "mix8.json", "3e-4", "3600", args,
+              ("sv4-ocr12", "40000", "12", "ocr"), ("sv4-s13", "28000", "13", others))
     # Phase 6: one more pass on fresh images (40k large-OCR, seeds 14/16 + 34k others, seeds 15/17).
-    out6 = runs / "tiny-synthvqa-v2c"
-    if (out6 / "model.safetensors").is_file():
+    _v2_phase(runs, out5, runs / "tiny-synthvqa-v2c", "mix9.json", "3e-4", "4600", args,
+              ("sv4-ocr14", "30000", "14", "ocr"), ("sv4-s15", "24000", "15", others),
+              ("sv4-ocr16", "10000", "16", "ocr"), ("sv4-s17", "10000", "17", others))
+
+
+def _v2_phase(runs: Path, init: Path, out: Path, mix_name: str, lr: str, steps: str, args: list[str],
+              *sets: tuple[str, str, str, str]) -> None:
+    """One phase of the 8-layer model (unless finished): draw each generator-v4 training set ``(name,
+    images, seed, families)`` (OCR `--ocr-style large`), shuffle them into ``runs/mix_name``, then train
+    ``init`` for ``steps`` at ``lr`` (cosine, 3 % warm-up, weight decay 0.05, batch 16) into ``out``."""
+    if (out / "model.safetensors").is_file():
         return
-    for name, extra in (("sv4-ocr14", ["--train", "30000", "--seed", "14", "--families", "ocr"]),
-                        ("sv4-s15", ["--train", "24000", "--seed", "15", "--families", "general,hallucination,chart"]),
-                        ("sv4-ocr16", ["--train", "10000", "--seed", "16", "--families", "ocr"]),
-                        ("sv4-s17", ["--train", "10000", "--seed", "17", "--families", "general,hallucination,chart"])):
+    meteor = BIN / "meteor"
+    for name, images, seed, families in sets:
         if not (runs / name / "train.json").exists():
-            sh(meteor, "synth", "--out", runs / name, *extra, "--eval", "0", "--image-size", "128", "--turns", "8",
-               "--ocr-style", "large")
-    mix9 = runs / "mix9.json"
-    if not mix9.exists():
-        sh(PY, "-c", _MIX, runs, mix9, "sv4-ocr14", "sv4-s15", "sv4-ocr16", "sv4-s17")
-    resume = ["--resume"] if (out6 / "checkpoints").exists() else []
-    sh(meteor, "train", "--model", out5, "--data", mix9, "--image-root", runs, "--lr", "3e-4", "--weight-decay", "0.05",
-       "--warmup", "0.03", "--batch-size", "16", "--max-steps", "4600", "--save-every", "250", "--out", out6,
+            sh(meteor, "synth", "--out", runs / name, "--train", images, "--seed", seed, "--families", families,
+               "--eval", "0", "--image-size", "128", "--turns", "8", "--ocr-style", "large")
+    mix = runs / mix_name
+    if not mix.exists():
+        sh(PY, "-c", _MIX, runs, mix, *(name for name, *_ in sets))
+    resume = ["--resume"] if (out / "checkpoints").exists() else []
+    sh(meteor, "train", "--model", init, "--data", mix, "--image-root", runs, "--lr", lr, "--weight-decay", "0.05",
+       "--warmup", "0.03", "--batch-size", "16", "--max-steps", steps, "--save-every", "250", "--out", out,
        "--device", "cpu", *resume, *args)
 
 
