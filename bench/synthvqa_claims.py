@@ -44,10 +44,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from meteor_cli.eval.methods import fastv_setting, pdrop_ratio  # noqa: E402
 from meteor_cli.errors import UsageError  # noqa: E402
+from meteor_cli.pruning import DEFAULT_FLOOR, DEFAULT_SCORE  # noqa: E402
 from meteor_cli.eval.results import samples_path_for  # noqa: E402
 from meteor_cli.pruning.llm_policies import default_layers  # noqa: E402
 
 FAMILIES = ("general", "hallucination", "ocr", "chart")
+#: The Stage-2 setting that runs `meteor allocate`'s default score and floor.
+DEFAULT_S2 = f"collaborative {DEFAULT_SCORE} + floor {DEFAULT_FLOOR} (default)"
 LOG: Path | None = None
 
 
@@ -137,7 +140,7 @@ def main() -> None:
                "--out", a, outputs=[a])
         settings[f"stage1 {strat}"] = ("stage1", model, ["--allocation", a])
     full = f"{n_vis},{n_vis},{n_vis}"
-    for name, flags in (("collaborative sum + floor 0.5 (default)", ["--stage2-score", "sum", "--stage2-floor", 0.5]),
+    for name, flags in ((DEFAULT_S2, ["--stage2-score", DEFAULT_SCORE, "--stage2-floor", DEFAULT_FLOOR]),
                         ("collaborative zscore", ["--stage2-score", "zscore", "--stage2-floor", 0]),
                         ("collaborative sum (paper)", ["--stage2-score", "sum", "--stage2-floor", 0]),
                         ("collaborative mean", ["--stage2-score", "mean", "--stage2-floor", 0]),
@@ -243,8 +246,8 @@ def main() -> None:
 
     claim("rank > average (Stage 1 allocation)", "stage1 rank", "stage1 average")
     claim("average > rank-reverse", "stage1 average", "stage1 rank-reverse")
-    default2 = "stage2 collaborative sum + floor 0.5 (default)"
-    claim("collaborative (default: sum + floor 0.5) > separate", default2, "stage2 separate")
+    default2 = f"stage2 {DEFAULT_S2}"
+    claim(f"collaborative (default: {DEFAULT_SCORE} + floor {DEFAULT_FLOOR}) > separate", default2, "stage2 separate")
     claim("separate > random", "stage2 separate", "stage2 random")
     claim("collaborative (paper's sum) > separate", "stage2 collaborative sum (paper)", "stage2 separate")
     claim("collaborative (zscore, the earlier default) > separate", "stage2 collaborative zscore", "stage2 separate")

@@ -110,8 +110,6 @@ def test_cli_pipes_through_stdin_and_stdout(cli, tmp_path):
     assert data["stage1"]["totals"] == [5000, 2000, 817] and data["stage2"]["method"] == "meteor"
     res = cli("allocate", "--ranks", "ranks.json", "--total", "100", "--stage2-method", "random", "--out", "-")
     assert json.loads(res.stdout)["stage2"] == {"keep": 576, "method": "random", "score": "sum", "floor": 0.5}
-    from meteor_cli.pruning.stage2 import DEFAULT_FLOOR, DEFAULT_SCORE  # the CLI's literals are the policy's defaults
-    assert (DEFAULT_SCORE, DEFAULT_FLOOR) == ("sum", 0.5)
     res = cli("allocate", "--ranks", "ranks.json", "--total", "100", "--stage2-method", "randm")
     assert res.exit_code == ExitCode.USAGE and "did you mean 'random'" in res.stderr
 

@@ -290,14 +290,14 @@ def _allocation(ranks: Mapping[str, Any], shape: ModelShape, *, totals: list[int
                 keep_ratio: float | None = None, fusion_keep: int, stage1: str = "meteor", stage2: str = "meteor",
                 stage1_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """An allocation body as ``meteor allocate`` writes it, checked against the model."""
-    from meteor_cli.pruning import stage2 as S2
+    from meteor_cli.pruning import DEFAULT_FLOOR, DEFAULT_SCORE
     from meteor_cli.pruning.allocation import build_allocation, check_allocation_fits
 
     body = build_allocation(ranks, totals=totals, keep_ratio=keep_ratio, fusion_keep=fusion_keep)
     body["stage1"]["method"] = stage1
     if stage1_options:
         body["stage1"]["options"] = dict(stage1_options)
-    body["stage2"].update(method=stage2, score=S2.DEFAULT_SCORE, floor=S2.DEFAULT_FLOOR)
+    body["stage2"].update(method=stage2, score=DEFAULT_SCORE, floor=DEFAULT_FLOOR)
     if shape.cfg is not None:
         check_allocation_fits(body, {e.name: e for e in shape.cfg.encoders}, name="--ranks")
     return body

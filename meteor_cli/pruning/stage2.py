@@ -25,9 +25,9 @@ and ``floor`` (``--stage2-floor F``): each encoder first keeps its ``floor(F · 
 redundant tokens (quota ∝ its token count, as ``separate`` uses), the rest of the budget is
 chosen jointly. ``floor=0`` is the paper's joint selection.
 
-``meteor allocate`` records the paper's ``sum`` with a floor of 0.5 by default (``DEFAULT_SCORE``,
-``DEFAULT_FLOOR``): on ``tiny-synthvqa-v2`` (a model that reads) at 24 of 96 tokens it scored
-62.5 on the development seed, where it was chosen (tied with ``mean`` and ``mean`` + floor 0.5,
+``meteor allocate`` records the paper's ``sum`` with a floor of 0.5 by default
+(``meteor_cli.pruning.DEFAULT_SCORE``, ``DEFAULT_FLOOR``): on ``tiny-synthvqa-v2`` (a model that
+reads) at 24 of 96 tokens it scored 62.5 on the development seed, where it was chosen (tied with ``mean`` and ``mean`` + floor 0.5,
 broken towards the paper's score), against 51.0 for ``zscore``, the default chosen earlier on
 v1, which read nothing, and 43.0 for ``sum`` alone; held out: 62.0 / 59.5 against 53.0 / 51.0 and
 37.0 / 40.0 (docs/synthvqa.md, "Stage-2 redundancy scores"). ``Stage2`` and allocations that name
@@ -80,8 +80,6 @@ def _lowest(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 #: Redundancy scores of the ``meteor`` Stage-2 policy (see the module docstring); ``sum`` is the paper's.
 SCORES = ("sum", "mean", "encoder-mean", "zscore")
-#: What ``meteor allocate`` (and ``eval --method meteor``) record when not told otherwise.
-DEFAULT_SCORE, DEFAULT_FLOOR = "sum", 0.5
 
 
 def redundancy(z: torch.Tensor, encoder_ids: torch.Tensor, *, same: bool = False, reduce: str = "sum",
