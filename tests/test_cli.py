@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -162,3 +163,19 @@ def test_cli_startup_does_not_import_torch():
     code = "import sys, meteor_cli.cli.app; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_human_tables_keep_their_headers_in_logs(monkeypatch):
+    """Piped to a file (an HPC job's log) a human table is LOG_WIDTH wide, not rich's 80 columns
+    that cut eval's headers to 'met…'; COLUMNS still wins when set."""
+    from meteor_cli.cli.common import LOG_WIDTH, rich_console
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    out = subprocess.run([sys.executable, "-m", "meteor_cli", "list", "policies"], capture_output=True, text=True,
+                         env={k: v for k, v in os.environ.items() if k != "COLUMNS"})
+    assert out.returncode == 0
+    assert max(len(line) for line in out.stdout.splitlines()) > 80
+    assert "│ description " in out.stdout or "┃ description " in out.stdout
+    assert rich_console().width == LOG_WIDTH
+    monkeypatch.setenv("COLUMNS", "100")
+    assert rich_console().width == 100

@@ -16,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from meteor_cli.cli.common import STAGE1_OPTION_HELP, Run, meteor_command, stage1_options_for
+from meteor_cli.cli.common import STAGE1_OPTION_HELP, Run, meteor_command, rich_console, stage1_options_for
 from meteor_cli.errors import UsageError
 from meteor_cli.pruning import DEFAULT_FLOOR, DEFAULT_SCORE
 
@@ -116,7 +116,6 @@ def main(
         run.warn(f"--fusion-keep {fusion_keep} >= the {final} tokens left after Stage 1: Stage 2 prunes nothing")
 
     def human() -> None:
-        from rich.console import Console
         from rich.table import Table
 
         enc = body["stage1"]["encoders"]
@@ -130,7 +129,7 @@ def main(
             table.add_row(name, str(body["native_tokens"][name]), " ".join(f"{x:.3f}" for x in r),
                           " → ".join(map(str, e["keep"])))
         table.add_row("total", str(sum(body["native_tokens"].values())), "", " → ".join(map(str, body["stage1"]["totals"])))
-        Console(soft_wrap=True).print(table)
+        rich_console().print(table)
         if str(out) != "-":
             typer.echo(f"wrote {out}", err=True)
 

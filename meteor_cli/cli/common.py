@@ -135,6 +135,22 @@ class Run:
         return progress_bar(iterable, file=sys.stderr, **kwargs)
 
 
+#: Width of human tables when stdout is not a terminal (a log file, a pipe, an HPC job's output):
+#: rich's 80-column default would cut the headers of eval's side-by-side table to "met…".
+LOG_WIDTH = 160
+
+
+def rich_console() -> Any:
+    """The rich console for human output: the terminal's width on a terminal, else ``COLUMNS`` or
+    :data:`LOG_WIDTH` so tables written to logs keep their headers whole."""
+    from rich.console import Console
+
+    c = Console(soft_wrap=True)
+    if not c.is_terminal and not os.environ.get("COLUMNS"):
+        c = Console(soft_wrap=True, width=LOG_WIDTH)
+    return c
+
+
 def not_built(command: str, what: str, issue: int | None = None) -> NotBuiltError:
     """The error a subcommand raises while its stage is not implemented (exit code 2)."""
     tracked = f" (tracked in issue #{issue})" if issue else ""
@@ -487,7 +503,6 @@ def _show_config(ctx: click.Context, run: Run) -> None:
     if run.json:
         run.emit({"command": run.command, "config_file": run.config_file, "options": rows})
         return
-    from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
@@ -496,7 +511,7 @@ def _show_config(ctx: click.Context, run: Run) -> None:
         table.add_column(col)
     for r in rows:
         table.add_row(r["option"], escape("" if r["value"] is None else str(r["value"])), escape(r["source"]))
-    Console(soft_wrap=True).print(table)
+    rich_console().print(table)
 
 
 # --------------------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ from typing import Annotated, Any
 
 import typer
 
-from meteor_cli.cli.common import Run, meteor_command
+from meteor_cli.cli.common import Run, meteor_command, rich_console
 from meteor_cli.errors import MeteorError, UsageError
 # The budget solvers live with ``meteor eval --method`` (one recipe for both).
 from meteor_cli.eval.methods import fastv_setting, meteor_budgets, pdrop_ratio
@@ -278,7 +278,6 @@ def main(
               "steps": [{"name": st.name, "seconds": st.seconds, "skipped": st.skipped} for st in steps]}
 
     def human() -> None:
-        from rich.console import Console
         from rich.table import Table
 
         table = Table(title=f"{model} on SynthVQA (seed {eval_seed}, {sizes.eval} questions), budget "
@@ -288,7 +287,7 @@ def main(
         for r in rows:
             table.add_row(r["method"], f"{r['mean']:.1f}", *(f"{r[f]:.1f}" for f in FAMILIES), f"{r['visual_tokens']:.1f}",
                           f"{r['flops_ratio']:.2f}", f"{r['speedup']:.2f}x")
-        Console().print(table)
+        rich_console().print(table)
         typer.echo(f"report: {out / 'report.md'} (plot: {out / 'score_vs_tokens.png'})")
 
     run.emit(result, human)

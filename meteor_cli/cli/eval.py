@@ -34,8 +34,8 @@ from typing import Annotated, Any
 
 import typer
 
-from meteor_cli.cli.common import (STAGE1_OPTION_HELP, AllowOutsideRoot, Run, meteor_command, stage1_method_for,
-                                   stage1_options_for)
+from meteor_cli.cli.common import (STAGE1_OPTION_HELP, AllowOutsideRoot, Run, meteor_command, rich_console,
+                                   stage1_method_for, stage1_options_for)
 from meteor_cli.cli.templates import TemplateOption, apply_template, check_template
 from meteor_cli.errors import InvalidInputError, UsageError
 
@@ -443,10 +443,9 @@ def _fmt(v: Any, digits: int = 1) -> str:
 
 
 def _human(body: dict[str, Any], out: Path, samples_out: Path | None) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console(soft_wrap=True)
+    console = rich_console()
     results = body["results"]
     first = results[0]["metrics"]
     console.print(f"[bold]{body['benchmark']}[/bold]: {first.get('headline', first.get('metric'))} = "

@@ -20,7 +20,7 @@ from typing import Annotated, Any
 
 import typer
 
-from meteor_cli.cli.common import Run, meteor_command
+from meteor_cli.cli.common import Run, meteor_command, rich_console
 
 
 def _describe_safetensors(path: Path, verify: bool = False) -> dict[str, Any]:
@@ -132,10 +132,9 @@ def main(
         data = {"valid": True, **_describe_dir(path, verify)}
 
     def human() -> None:
-        from rich.console import Console
         from rich.pretty import Pretty
 
-        console = Console(soft_wrap=True)
+        console = rich_console()
         schema = data.get("schema") or data["format"]
         console.print(f"[bold green]valid[/bold green] {schema}: {artifact}")
         prod = data.get("producer") or {}

@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from meteor_cli.cli.common import Run, meteor_command
+from meteor_cli.cli.common import Run, meteor_command, rich_console
 
 
 class What(str, Enum):
@@ -43,10 +43,9 @@ def main(
     result, plugins = catalog(None if what is What.all else [what.value], filter)
 
     def human() -> None:
-        from rich.console import Console
         from rich.table import Table
 
-        console = Console(soft_wrap=True)
+        console = rich_console()
         for kind, rows in result.items():
             if not rows:
                 console.print(f"[bold]{kind}[/bold]: none registered" + (f" matching {filter!r}" if filter != "*" else ""))

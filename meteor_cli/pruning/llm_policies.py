@@ -99,6 +99,13 @@ class _Base:
         return asdict(self)
 
 
+def _check_heads(heads: int | None, num_heads: int) -> None:
+    """Top-k heads must be a count the LLM has (the default 5 is for 7B-scale models with 32 heads)."""
+    if heads is not None and not 1 <= heads <= num_heads:
+        raise UsageError(f"--heads {heads} must be in 1..{num_heads} (the LLM has {num_heads} heads)",
+                         f"give --heads {min(5, num_heads)} or fewer on this model")
+
+
 def _head_scores(attn: torch.Tensor, heads: int | None, agg: str) -> tuple[torch.Tensor, torch.Tensor]:
     """attn (H, Q, N) → (ā (H, N) aggregated over queries, indices of the chosen heads)."""
     a = attn.float().mean(1) if agg == "mean" else attn.float().sum(1)  # (H, N)
@@ -119,8 +126,7 @@ class MeteorPolicy(_Base):
 
     def validate(self, num_layers: int, num_heads: int) -> None:
         super().validate(num_layers, num_heads)
-        if self.heads is not None and not 1 <= self.heads <= num_heads:
-            raise UsageError(f"--heads {self.heads} must be in 1..{num_heads} (the LLM has {num_heads} heads)")
+        _check_heads(self.heads, num_heads)
         if self.lam <= 0:
             raise UsageError(f"--lambda {self.lam} must be positive", "the paper uses 25, 50 or 65")
         if self.scale <= 0 or self.k_min < 1:
@@ -152,6 +158,7 @@ class FixedPolicy(_Base):
 
     def validate(self, num_layers: int, num_heads: int) -> None:
         super().validate(num_layers, num_heads)
+        _check_heads(self.heads, num_heads)
         if len(self.keep) != len(self.layers or []):
             raise UsageError(f"{len(self.keep)} keep values for {len(self.layers or [])} layers",
                              "give one count or ratio per pruning layer")

@@ -45,6 +45,8 @@ def test_baseline_policies(cli, llm_dir, args, expect):
     (["--layers", "4,12,20"], ExitCode.USAGE, "must lie in 0..5"),
     (["--layers", "3,1"], ExitCode.USAGE, "strictly increasing"),
     (["--heads", "9"], ExitCode.USAGE, "--heads 9 must be in 1..8"),
+    (["--heads", "9"], ExitCode.USAGE, "give --heads 5 or fewer on this model"),
+    (["--method", "fixed", "--layers", "1", "--keep", "5", "--heads", "9"], ExitCode.USAGE, "--heads 9 must be in 1..8"),
     (["--lambda", "0"], ExitCode.USAGE, "--lambda 0.0 must be positive"),
     (["--method", "fastvv"], ExitCode.USAGE, "did you mean 'fastv'"),
     (["--method", "fixed", "--layers", "1,3", "--keep", "5"], ExitCode.USAGE, "1 keep values for 2 layers"),

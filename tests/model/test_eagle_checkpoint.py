@@ -282,12 +282,12 @@ def test_stage3_on_a_release(x5, tmp_path, cli):
     q = ["--questions", "sv/eval/questions.jsonl", "--image-root", "sv", "--max-new-tokens", "4", "--device", "cpu",
          "-q"]
     plain = _rows(cli("infer", "--model", str(x5), *q))
-    assert cli("prune-llm", "--model", str(x5), "--method", "fixed", "--layers", "1", "--keep", "16",
+    assert cli("prune-llm", "--model", str(x5), "--method", "fixed", "--layers", "1", "--keep", "16", "--heads", "2",
                "--out", "full.json", "--device", "cpu", "-q").exit_code == 0
     full = _rows(cli("infer", "--model", str(x5), "--prune-llm", "full.json", *q))
     assert [r["text"] for r in full] == [r["text"] for r in plain]
     assert all(r["metadata"]["stage3"]["kept"] == [16] for r in full)
-    for method, args, kept in [("fixed", ["--layers", "1", "--keep", "5"], [5]),
+    for method, args, kept in [("fixed", ["--layers", "1", "--keep", "5", "--heads", "2"], [5]),
                                ("fastv", ["--layers", "1", "--drop-ratio", "0.75"], [4]),
                                ("pdrop", ["--layers", "1", "--keep", "0.5"], [8]),
                                ("all-heads", ["--layers", "1", "--keep", "6"], [6]),
