@@ -197,6 +197,15 @@ STAGE1_OPTION_HELP = ("Option of the Stage-1 policy, NAME=VALUE (repeatable), e.
                       "for visionzip, merge=mean for prumerge+; names come from the policy (`meteor list policies`).")
 
 
+#: The artifact options that eval, infer and flops share (train and prune-llm word theirs for
+#: what they do with it). Aliases like :data:`AllowOutsideRoot`: one declaration, one help text.
+AllocationOption = Annotated[Path | None, typer.Option("--allocation", help="Stage 1–2 budgets (allocation artifact).")]
+PruneLLMOption = Annotated[Path | None, typer.Option("--prune-llm", help="Stage-3 settings (prune-llm artifact).")]
+Stage1MethodOption = Annotated[str | None, typer.Option(
+    "--stage1-method", help="Stage-1 policy (e.g. prumerge+; `meteor list policies`) instead of the allocation's.")]
+Stage1OptionOption = Annotated[list[str] | None, typer.Option("--stage1-option", help=STAGE1_OPTION_HELP)]
+
+
 def stage1_options_for(allocation: Mapping[str, Any] | None, method: str | None,
                        raw: Sequence[str] | None) -> dict[str, Any] | None:
     """``--stage1-option NAME=VALUE`` values as a dict, checked against the Stage-1 policy ``method``
@@ -604,5 +613,5 @@ class MeteorGroup(typer.core.TyperGroup):
             return super().invoke(ctx)
 
 
-__all__ = ["AllowOutsideRoot", "Run", "MeteorGroup", "meteor_command", "not_built", "load_project_file", "reporting_errors",
+__all__ = ["AllowOutsideRoot", "AllocationOption", "PruneLLMOption", "Stage1MethodOption", "Stage1OptionOption", "Run", "MeteorGroup", "meteor_command", "not_built", "load_project_file", "reporting_errors",
            "NotBuiltError"]

@@ -34,8 +34,9 @@ from typing import Annotated, Any
 
 import typer
 
-from meteor_cli.cli.common import (STAGE1_OPTION_HELP, AllowOutsideRoot, Run, meteor_command, rich_console,
-                                   stage1_method_for, stage1_options_for)
+from meteor_cli.cli.common import (AllocationOption, AllowOutsideRoot, PruneLLMOption, Run, Stage1MethodOption,
+                                   Stage1OptionOption, meteor_command, rich_console, stage1_method_for,
+                                   stage1_options_for)
 from meteor_cli.cli.templates import TemplateOption, apply_template, check_template
 from meteor_cli.errors import InvalidInputError, UsageError
 
@@ -65,11 +66,10 @@ def main(
         "--metric", help="--benchmark llava: exact, vqa, relaxed, anls, yesno or choice.")] = None,
     max_missing: Annotated[int, typer.Option(
         "--max-missing", min=0, help="Fail when more questions than this have no ground truth in the annotations.")] = 0,
-    allocation: Annotated[Path | None, typer.Option("--allocation", help="Stage 1–2 budgets (allocation artifact).")] = None,
-    prune_llm: Annotated[Path | None, typer.Option("--prune-llm", help="Stage-3 settings (prune-llm artifact).")] = None,
-    stage1_method: Annotated[str | None, typer.Option(
-        "--stage1-method", help="Stage-1 policy (e.g. prumerge+; `meteor list policies`) instead of the allocation's.")] = None,
-    stage1_option: Annotated[list[str] | None, typer.Option("--stage1-option", help=STAGE1_OPTION_HELP)] = None,
+    allocation: AllocationOption = None,
+    prune_llm: PruneLLMOption = None,
+    stage1_method: Stage1MethodOption = None,
+    stage1_option: Stage1OptionOption = None,
     template: TemplateOption = None,
     method: Annotated[str | None, typer.Option(
         "--method", help="Methods side by side, comma-separated, each built at the budget in this run: unpruned, "

@@ -44,7 +44,7 @@ from typing import Annotated, Any
 
 import typer
 
-from meteor_cli.cli.common import Run, meteor_command
+from meteor_cli.cli.common import AllocationOption, PruneLLMOption, Run, meteor_command
 from meteor_cli.errors import UsageError
 
 
@@ -201,8 +201,8 @@ def measure(model: str, cfg: Any, alloc: dict[str, Any] | None, s3: dict[str, An
 @meteor_command("flops")
 def main(
     model: Annotated[str | None, typer.Option("--model", help="Preset, checkpoint directory or config JSON.")] = None,
-    allocation: Annotated[Path | None, typer.Option("--allocation", help="Stage 1–2 budgets (allocation artifact).")] = None,
-    prune_llm: Annotated[Path | None, typer.Option("--prune-llm", help="Stage-3 settings (prune-llm artifact).")] = None,
+    allocation: AllocationOption = None,
+    prune_llm: PruneLLMOption = None,
     convention: Annotated[Convention, typer.Option(
         "--convention", help="fastv (the FastV paper's per-layer formula), macs (1 multiply-add = 1), flops (= 2).")] = Convention.fastv,
     count_with: Annotated[Count, typer.Option(

@@ -34,7 +34,8 @@ from typing import IO, Annotated, Any
 
 import typer
 
-from meteor_cli.cli.common import STAGE1_OPTION_HELP, AllowOutsideRoot, Run, meteor_command, stage1_method_for, stage1_options_for
+from meteor_cli.cli.common import (AllocationOption, AllowOutsideRoot, PruneLLMOption, Run, Stage1MethodOption,
+                                   Stage1OptionOption, meteor_command, stage1_method_for, stage1_options_for)
 from meteor_cli.cli.templates import TemplateOption, apply_template, check_template
 from meteor_cli.errors import ExitCode, InputNotFoundError, MeteorError, UsageError
 
@@ -206,11 +207,10 @@ def main(
         "--image-root", help="Image directory for --questions (default: the file's directory, or its parent for "
                              "DIR/eval/questions.jsonl; stdin: the current one).")] = None,
     allow_outside_root: AllowOutsideRoot = False,
-    allocation: Annotated[Path | None, typer.Option("--allocation", help="Stage 1–2 budgets (allocation artifact).")] = None,
-    prune_llm: Annotated[Path | None, typer.Option("--prune-llm", help="Stage-3 settings (prune-llm artifact).")] = None,
-    stage1_method: Annotated[str | None, typer.Option(
-        "--stage1-method", help="Stage-1 policy (e.g. prumerge+; `meteor list policies`) instead of the allocation's.")] = None,
-    stage1_option: Annotated[list[str] | None, typer.Option("--stage1-option", help=STAGE1_OPTION_HELP)] = None,
+    allocation: AllocationOption = None,
+    prune_llm: PruneLLMOption = None,
+    stage1_method: Stage1MethodOption = None,
+    stage1_option: Stage1OptionOption = None,
     template: TemplateOption = None,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="Longest answer.")] = 128,
     temperature: Annotated[float, typer.Option("--temperature", min=0.0, help="0 = greedy decoding.")] = 0.0,

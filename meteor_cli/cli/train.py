@@ -20,7 +20,8 @@ from typing import Annotated, Any
 
 import typer
 
-from meteor_cli.cli.common import STAGE1_OPTION_HELP, AllowOutsideRoot, Run, meteor_command, stage1_method_for, stage1_options_for
+from meteor_cli.cli.common import (AllowOutsideRoot, Run, Stage1MethodOption, Stage1OptionOption, meteor_command,
+                                   stage1_method_for, stage1_options_for)
 from meteor_cli.errors import UsageError
 
 PARTS = ("encoders", "projectors", "llm")
@@ -37,9 +38,8 @@ def main(
     allow_outside_root: AllowOutsideRoot = False,
     allocation: Annotated[Path | None, typer.Option(
         "--allocation", help="Allocation artifact: train with Stage 1–2 pruning active (METEOR's training phase).")] = None,
-    stage1_method: Annotated[str | None, typer.Option(
-        "--stage1-method", help="Stage-1 policy (e.g. prumerge+; `meteor list policies`) instead of the allocation's.")] = None,
-    stage1_option: Annotated[list[str] | None, typer.Option("--stage1-option", help=STAGE1_OPTION_HELP)] = None,
+    stage1_method: Stage1MethodOption = None,
+    stage1_option: Stage1OptionOption = None,
     fusion: Annotated[str | None, typer.Option(
         "--fusion", help="post-projection: train METEOR's per-encoder projectors, initialised from a pre-projection "
                          "model's shared one (an EAGLE release; docs/eagle.md).", show_default=False)] = None,
