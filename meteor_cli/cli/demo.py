@@ -41,7 +41,7 @@ import typer
 from meteor_cli.cli.common import Run, meteor_command, rich_console
 from meteor_cli.errors import MeteorError, UsageError
 # The budget solvers live with ``meteor eval --method`` (one recipe for both).
-from meteor_cli.eval.methods import fastv_setting, meteor_budgets, pdrop_ratio
+from meteor_cli.eval.methods import fastv_setting, meteor_budgets, pdrop_setting
 
 FAMILIES = ("general", "hallucination", "ocr", "chart")
 METHODS = ("unpruned", "meteor", "fastv", "pdrop", "random", "separate")
@@ -179,7 +179,6 @@ def main(
 ) -> None:
     """Run the whole pipeline on the embedded model and compare METEOR with the baselines at one budget."""
     from meteor_cli.model.checkpoint import load_model_config
-    from meteor_cli.pruning.llm_policies import default_layers
 
     sizes = QUICK if quick else FULL
     out.mkdir(parents=True, exist_ok=True)
@@ -191,8 +190,7 @@ def main(
     n_vis = _visual_tokens(model)
     target, s1_ratio, s2_keep = meteor_budgets(budget, n_vis)
     fastv_k, r_fastv = fastv_setting(n_vis, target, n_layers)
-    pdrop_layers = default_layers(n_layers, (8, 16, 24))
-    r_pdrop = pdrop_ratio(n_vis, target, n_layers, pdrop_layers)
+    pdrop_layers, r_pdrop = pdrop_setting(n_vis, target, n_layers)
 
     sv, ft = out / "synthvqa", out / "finetuned"
     common = ["--device", "cpu", "-q"] if run.device.torch.type == "cpu" else ["--device", str(run.device), "-q"]

@@ -20,6 +20,8 @@ objects that one loaded model evaluates in turn; :func:`flops_for` counts each s
 
 from __future__ import annotations
 
+import contextlib
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,6 +98,32 @@ def pdrop_ratio(n: int, target: float, layers: int, points: list[int]) -> float:
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if avg(mid) < target else (lo, mid)
     return round((lo + hi) / 2, 4)
+
+
+def pdrop_setting(n: int, target: float, n_layers: int) -> tuple[list[int], float]:
+    """PyramidDrop's layers and ratio r for a budget: its default layers ``L·{8,16,24}/32``, or — when
+    those cannot reach it — the same three stages evenly spaced from FastV's layer 2 (1 on an LLM too
+    shallow for that).
+
+    [inferred] With the default layers every visual token passes the first quarter of the LLM, so
+    no r averages fewer than ``n/4`` (144 of LLaVA-1.5's 576): PyramidDrop's paper reports 64 and 128
+    tokens without the layer lists it used (Cooperx521/PyramidDrop#10, #27). Starting where FastV
+    starts, ``[2, 12, 22]`` on 32 layers, reaches 36 of 576 at the least.
+    """
+    from meteor_cli.pruning.llm_policies import default_layers
+
+    candidates = [default_layers(n_layers, (8, 16, 24))]
+    for k in (2, 1):
+        pts = [k + round(i * (n_layers - k) / 3) for i in range(3)]
+        if all(b > a for a, b in zip(pts, pts[1:])) and pts[-1] < n_layers and pts not in candidates:
+            candidates.append(pts)
+    for pts in candidates:
+        with contextlib.suppress(UsageError):
+            return pts, pdrop_ratio(n, target, n_layers, pts)
+    pts = candidates[-1]
+    raise UsageError(f"PyramidDrop cannot average {target:.0f} of {n} visual tokens over {n_layers} layers, even "
+                     f"from layers {pts} (every token passes the first {pts[0]})",
+                     f"raise the budget to at least {math.ceil(pts[0] * n / n_layers)}")
 
 
 def single_layer_count(n: int, target: float, n_layers: int) -> tuple[int, int]:
@@ -335,7 +363,6 @@ def build_setting(method: str, target: int | None, shape: ModelShape, *, ranks: 
             method cannot reach, or a registered policy whose budget this module cannot set.
     """
     from meteor_cli.eval.runner import EvalSetting
-    from meteor_cli.pruning.llm_policies import default_layers
     from meteor_cli.pruning.stage1 import policy_options
 
     n, L = shape.visual_tokens, shape.layers
@@ -379,8 +406,7 @@ def build_setting(method: str, target: int | None, shape: ModelShape, *, ranks: 
         k, r = fastv_setting(n, target, L)
         return EvalSetting("fastv", target, None, _stage3("fastv", shape, layers=[k], k=k, r=round(r, 4), query="last"))
     if method == "pdrop":
-        pts = default_layers(L, (8, 16, 24))
-        r = pdrop_ratio(n, target, L, pts)
+        pts, r = pdrop_setting(n, target, L)
         return EvalSetting("pdrop", target, None, _stage3("pdrop", shape, layers=pts, query="last-instruction",
                                                          ratios=[round(r ** (i + 1), 4) for i in range(len(pts))]))
     if stage == 3:

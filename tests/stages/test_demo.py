@@ -34,6 +34,25 @@ def test_pdrop_ratio_hits_the_layer_average(n, target, layers, points):
         M.pdrop_ratio(96, 20, 4, [1, 2, 3])  # 96 tokens in layer 0 alone average 24
 
 
+@pytest.mark.parametrize("n,target,layers,points", [
+    (576, 192, 32, [8, 16, 24]),  # LLaVA-1.5-7B at 192: PyramidDrop's own layers reach it
+    (576, 128, 32, [2, 12, 22]),  # ... at 128 and 64 they cannot (every token through 8 layers: >= 144)
+    (576, 64, 32, [2, 12, 22]),
+    (576, 64, 16, [1, 6, 11]),  # a 16-layer LLM: from layer 2 the floor is 72, from layer 1 it is 36
+])
+def test_pdrop_setting_moves_its_layers_earlier_only_when_it_must(n, target, layers, points):
+    pts, r = M.pdrop_setting(n, target, layers)
+    assert pts == points
+    kept = [n * r ** (i + 1) for i in range(len(pts))]
+    assert layer_averaged_tokens(n, pts, kept, layers) == pytest.approx(target, abs=0.05)
+
+
+def test_pdrop_setting_names_the_least_budget_it_can_reach():
+    with pytest.raises(UsageError, match="PyramidDrop cannot average 10 of 96") as e:
+        M.pdrop_setting(96, 10, 4)
+    assert "at least 24" in e.value.hint
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(1800)  # ~2 minutes on an idle 2-core machine; subprocesses are slow under load
 def test_quick_demo_end_to_end(cli, tmp_path):
