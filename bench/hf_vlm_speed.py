@@ -6,8 +6,10 @@ Builds a random-initialised ``LlavaForConditionalGeneration`` (or LLaVA-NeXT / Q
 Qwen2-VL: 14-px patches merged 2×2 on a 448² image) — at a width small enough for a CPU, saves
 it with its processor, and times ``meteor eval --method unpruned,<methods> --visual-tokens T``
 on SynthVQA questions: the command users run, the model's own processor, chat template and
-``generate`` with the KV cache. Every answer is ``--max-new-tokens`` long (random weights never
-say EOS), so all methods decode the same number of steps.
+``generate`` with the KV cache. Every answer is ``--max-new-tokens`` words long (the built model's
+output rows of EOS and the other special tokens are zeroed, so they never win the argmax), so all
+methods decode the same number of steps; with ``--model DIR`` answers end where the model says EOS, and the table's
+``words`` column (mean words per answer) shows whether the methods decoded alike.
 
 Machine noise: the eval runs ``--repeat`` times, the method order reversed every other run, and
 each run's times are divided by that run's unpruned time before the median is taken.
@@ -101,6 +103,8 @@ def build(family: str, out: Path, *, tower: int, width: int, layers: int) -> Pat
             proc = LlavaNextProcessor(image_processor=LlavaNextImageProcessor(image_grid_pinpoints=pins, **crop),
                                       tokenizer=tok, **kw)
             model = LlavaNextForConditionalGeneration._from_config(LlavaNextConfig(image_grid_pinpoints=pins, **common))
+    with torch.no_grad():  # special tokens (EOS among them) get logit 0 while ~40 random word logits are not all
+        model.get_output_embeddings().weight[tok.all_special_ids] = 0  # below it: every answer is max-new-tokens words
     model.save_pretrained(out)
     proc.save_pretrained(out)
     return out
@@ -126,7 +130,14 @@ def run_eval(model: Path, data: Path, methods: list[str], budget: int, args: arg
     meteor_cli("eval", "--model", str(model), "--data", str(data), "--limit", str(args.questions), "--method",
                ",".join(methods), "--visual-tokens", str(budget), "--max-new-tokens", str(args.max_new_tokens),
                "--batch-size", "1", "--out", str(out), *extra, threads=args.threads)
-    return {r["method"]: r for r in json.loads(out.read_text())["results"]}
+    rows = {r["method"]: r for r in json.loads(out.read_text())["results"]}
+    words: dict[str, list[int]] = {}
+    for line in out.with_suffix(".samples.jsonl").read_text().splitlines():
+        sample = json.loads(line)
+        words.setdefault(sample["method"], []).append(len(sample["text"].split()))
+    for m, r in rows.items():
+        r["answer_words"] = statistics.mean(words[m])
+    return rows
 
 
 def main() -> None:
@@ -169,17 +180,17 @@ def main() -> None:
         table.append({"method": m, "visual_tokens": r["tokens"]["stage2_visual"],
                       "layer_averaged": r["tokens"]["stage3_layer_averaged"], "flops_ratio": r["flops"]["ratio"],
                       "time_ratio": statistics.median(ratios[m]), "time_ratios": ratios[m],
-                      "seconds_per_sample": r["seconds_per_sample"]})
+                      "seconds_per_sample": r["seconds_per_sample"], "answer_words": r["answer_words"]})
     if args.json:
         print(json.dumps({"family": args.family if args.model is None else str(args.model), "budget": args.budget,
                           "questions": args.questions, "max_new_tokens": args.max_new_tokens, "rows": table}, indent=2))
         return
     print(f"{args.model or args.family}: --visual-tokens {args.budget}, {args.questions} questions × {args.repeat} runs, "
           f"{args.max_new_tokens} new tokens each, batch 1, {args.threads} threads")
-    print(f"{'method':<12}{'visual in':>10}{'layer-avg':>11}{'FLOPs ratio':>13}{'time ratio':>12}{'s/answer':>10}")
+    print(f"{'method':<12}{'visual in':>10}{'layer-avg':>11}{'FLOPs ratio':>13}{'time ratio':>12}{'s/answer':>10}{'words':>7}")
     for t in table:
         print(f"{t['method']:<12}{t['visual_tokens']:>10.1f}{t['layer_averaged']:>11.1f}{t['flops_ratio']:>13.3f}"
-              f"{t['time_ratio']:>12.2f}{t['seconds_per_sample']:>10.2f}")
+              f"{t['time_ratio']:>12.2f}{t['seconds_per_sample']:>10.2f}{t['answer_words']:>7.1f}")
 
 
 if __name__ == "__main__":
