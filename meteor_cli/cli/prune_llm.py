@@ -33,7 +33,8 @@ from typing import Annotated, Any
 
 import typer
 
-from meteor_cli.cli.common import AllowOutsideRoot, Run, meteor_command, stage1_method_for
+from meteor_cli.cli import _click as click
+from meteor_cli.cli.common import AllowOutsideRoot, ParameterSource, Run, meteor_command, stage1_method_for
 from meteor_cli.cli.templates import TemplateOption, apply_template, check_template
 from meteor_cli.errors import InvalidInputError, UsageError
 
@@ -115,7 +116,8 @@ def visual_token_budget(method: str, n: int, layers: list[Any] | None, keep: lis
     """``--visual-tokens N`` as (layers, keep, target_tokens) for ``method``.
 
     fixed / all-heads: keep N visual tokens from the first pruning layer on (``--layers``, default
-    layer 2); meteor: calibrate the layer-averaged count to N. FastV and PDrop budgets are ratios
+    layer 2); meteor: calibrate the layer-averaged count to N; sparsevlm: its published counts for
+    N = 64, 96, 128 or 192. FastV and PDrop budgets are ratios
     of each image's own count, so a fixed N has no meaning for them: an error says what to use.
     """
     if method in ("fixed", "all-heads"):
@@ -123,6 +125,17 @@ def visual_token_budget(method: str, n: int, layers: list[Any] | None, keep: lis
             raise UsageError("--visual-tokens and --keep both set the kept counts", "give one of them")
         layers = layers or [min(BUDGET_LAYER, num_layers - 1)]
         return layers, [n] * len(layers), target
+    if method == "sparsevlm":
+        from meteor_cli.pruning.sparsevlm import REFERENCE_COUNTS
+
+        if keep is not None:
+            raise UsageError("--visual-tokens and --keep both set the kept counts", "give one of them")
+        if n not in REFERENCE_COUNTS:
+            raise UsageError(f"--visual-tokens {n}: SparseVLM publishes its kept counts for "
+                             f"{', '.join(map(str, REFERENCE_COUNTS))} tokens only",
+                             "pick one of those, give --keep counts per layer, or compare at any budget with "
+                             "`meteor eval --method sparsevlm --visual-tokens N` (its schedule scaled to N)")
+        return layers, list(REFERENCE_COUNTS[n]), target
     if method == "meteor":
         if not calibrate:
             raise UsageError("--visual-tokens with --method meteor is the target of --calibrate",
@@ -139,7 +152,8 @@ def main(
     model: Annotated[str | None, typer.Option(
         "--model", help="Checkpoint directory, preset, config JSON, or a Hugging Face causal-LM directory.")] = None,
     method: Annotated[str, typer.Option(
-        "--method", help="Stage-3 policy: meteor, fixed, all-heads, fastv, pdrop, dart (`meteor list policies`).")] = "meteor",
+        "--method", help="Stage-3 policy: meteor, fixed, all-heads, fastv, pdrop, dart, sparsevlm "
+                         "(`meteor list policies`).")] = "meteor",
     layers: Annotated[str | None, typer.Option(
         "--layers", help="0-based LLM layers to prune before, comma-separated (default: round(L·{4,12,20}/32); "
                          "fastv: its layer K; pdrop: round(L·{8,16,24}/32)).")] = None,
@@ -148,7 +162,8 @@ def main(
     scale: Annotated[float, typer.Option("--scale", help="Calibration constant c in K = c·λ·ΣVAV (meteor).")] = 1.0,
     k_min: Annotated[int, typer.Option("--k-min", min=1, help="Fewest visual tokens kept at a layer (meteor).")] = 1,
     query: Annotated[Query, typer.Option(
-        "--query", help="Query rows: text (all text after the image), last, last-instruction.")] = Query.text,
+        "--query", help="Query rows: text (all text after the image), last, last-instruction. Default: text; "
+                        "fastv last, pdrop last-instruction, sparsevlm its text raters.")] = Query.text,
     agg: Annotated[Agg, typer.Option("--agg", help="Aggregate attention over the query rows: mean or sum.")] = Agg.mean,
     keep: Annotated[str | None, typer.Option(
         "--keep", help="fixed/all-heads: counts or ratios per layer (e.g. 390,172,78); pdrop: ratios of N0; "
@@ -199,14 +214,16 @@ def main(
                                                                    calibrate, target_tokens, dims["num_layers"])
     settings: dict[str, Any] = {"layers": layer_list, "heads": heads, "lam": lam, "scale": scale, "k_min": k_min,
                                 "query": query.value, "agg": agg.value, "r": drop_ratio}
-    if method == "fastv":
-        settings["query"] = "last" if query is Query.text else query.value
-        if layer_list:
-            settings["k"] = layer_list[0]
+    given = click.get_current_context().get_parameter_source
+    if method in ("fastv", "pdrop", "sparsevlm") and given("query") == ParameterSource.DEFAULT:
+        settings.pop("query")  # the policy's own query rows: last token, last instruction token, raters
+    if method == "fastv" and layer_list:
+        settings["k"] = layer_list[0]
     if method == "all-heads":
         settings.pop("heads")  # the point of this baseline: no head filtering
+    if method == "sparsevlm" and given("heads") == ParameterSource.DEFAULT:
+        settings.pop("heads")  # its own default: 14 of 32 heads, scaled to the LLM
     if method == "pdrop":
-        settings["query"] = "last-instruction" if query is Query.text else query.value
         settings["ratios"] = keep_list
     elif keep_list is not None:
         settings["keep"] = keep_list

@@ -37,6 +37,7 @@ BUILTIN_METHODS: dict[str, str] = {
     "fastv": "Stage 3: FastV at layer K (2, earlier on shallow LLMs) with the drop ratio R averaging T",
     "pdrop": "Stage 3: PyramidDrop at its layers with the geometric ratio averaging T",
     "dart": "Stage 3: DART at layer K (as FastV's) keeping the count that averages T",
+    "sparsevlm": "Stage 3: SparseVLM+ at its layers [3,7,16]/32, its kept-count schedule scaled to average T",
     "random": "Stage 2: T uniformly random tokens into the LLM",
     "separate": "Stage 2: T tokens, per-encoder quotas by intra-encoder redundancy",
     "pool": "Stage 2: 2-D average pooling of each encoder's map to its share of T (the floor)",
@@ -49,7 +50,7 @@ STAGE2_METHODS = ("random", "separate", "pool")
 #: reference image (T of n tokens) means the same fraction T/n of any LLaVA-NeXT or Qwen2-VL span:
 #: FastV's R and PDrop's r are solved for (n, T) and are ratios already; DART keeps a ratio
 #: (``keep < 1``) there.
-PER_TILE_STAGE3 = ("fastv", "pdrop", "dart")
+PER_TILE_STAGE3 = ("fastv", "pdrop", "dart", "sparsevlm")
 #: Text tokens of the prompt in the FLOPs count (``meteor flops``' default).
 FLOPS_TEXT_TOKENS = 64
 
@@ -124,6 +125,38 @@ def pdrop_setting(n: int, target: float, n_layers: int) -> tuple[list[int], floa
     raise UsageError(f"PyramidDrop cannot average {target:.0f} of {n} visual tokens over {n_layers} layers, even "
                      f"from layers {pts} (every token passes the first {pts[0]})",
                      f"raise the budget to at least {math.ceil(pts[0] * n / n_layers)}")
+
+
+def sparsevlm_setting(n: int, target: float, n_layers: int) -> tuple[list[int], list[float]]:
+    """SparseVLM's layers and per-layer keep RATIOS (of ``n``) averaging ``target`` over the layers.
+
+    [inferred] The schedule's shape is the reference's own list for the nearest of its budgets (64,
+    96, 128, 192 of 576, at ``target·576/n``), scaled by one factor so the layer average is exactly
+    ``target`` (the reference's lists average 65-207 tokens, not their nominal budget, because it
+    counts layers 0-2 as two).
+    """
+    from meteor_cli.pruning.sparsevlm import REFERENCE_COUNTS, REFERENCE_TOKENS, sparsevlm_layers
+
+    pts = sparsevlm_layers(n_layers)
+    nominal = min(REFERENCE_COUNTS, key=lambda t: (abs(t - target * REFERENCE_TOKENS / n), t))
+    shape = [c / REFERENCE_TOKENS for c in REFERENCE_COUNTS[nominal]][: len(pts)]
+    bounds = [*pts, n_layers]
+
+    def avg(alpha: float) -> float:
+        total = bounds[0] * n
+        for j, f in enumerate(shape):
+            total += (bounds[j + 1] - bounds[j]) * min(n, max(1.0, alpha * f * n))
+        return total / n_layers
+
+    if avg(0.0) > target or avg(1e6) < target:
+        raise UsageError(f"SparseVLM at layers {pts} cannot average {target:.0f} of {n} visual tokens over "
+                         f"{n_layers} layers", f"raise the budget to at least {math.ceil(avg(0.0))}")
+    lo, hi = 0.0, 1e6
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if avg(mid) < target else (lo, mid)
+    alpha = (lo + hi) / 2
+    return pts, [round(min(1.0, alpha * f), 4) for f in shape]
 
 
 def single_layer_count(n: int, target: float, n_layers: int) -> tuple[int, int]:
@@ -370,7 +403,7 @@ def build_setting(method: str, target: int | None, shape: ModelShape, *, ranks: 
         return EvalSetting("unpruned")
     if target is None:
         raise UsageError(f"--method {method} needs a budget", "add --budget F, --visual-tokens T or --sweep V1,V2,...")
-    stage = (1 if method in STAGE1_METHODS else 2 if method in STAGE2_METHODS else 3 if method in ("dart", "fastv", "pdrop")
+    stage = (1 if method in STAGE1_METHODS else 2 if method in STAGE2_METHODS else 3 if method in ("dart", "fastv", "pdrop", "sparsevlm")
              else 0 if method == "meteor" else policy_stage(method))
     ratio_ok = method in PER_TILE_STAGE3 or method == "meteor"
     if shape.per_tile is not None and stage not in (1, 2) and not ratio_ok:
@@ -409,6 +442,9 @@ def build_setting(method: str, target: int | None, shape: ModelShape, *, ranks: 
         pts, r = pdrop_setting(n, target, L)
         return EvalSetting("pdrop", target, None, _stage3("pdrop", shape, layers=pts, query="last-instruction",
                                                          ratios=[round(r ** (i + 1), 4) for i in range(len(pts))]))
+    if method == "sparsevlm":  # keep ratios of each sample's span: per tile / image as FastV's and PDrop's
+        pts, ratios = sparsevlm_setting(n, target, L)
+        return EvalSetting("sparsevlm", target, None, _stage3("sparsevlm", shape, layers=pts, keep=ratios))
     if stage == 3:
         from dataclasses import fields
 

@@ -240,8 +240,9 @@ def make_policy(method: str, **settings: Any) -> Any:
     """Build a Stage-3 policy by registered name, ignoring settings it does not take."""
     from dataclasses import fields
 
-    from meteor_cli.registry import POLICIES
+    from meteor_cli.registry import POLICIES, load_builtins_and_plugins
 
+    load_builtins_and_plugins()  # policies of other modules (dart, sparsevlm) and plugins register on import
     cls = POLICIES.get(method, stage=3)
     names = {f.name for f in fields(cls)}
     return cls(**{k: v for k, v in settings.items() if k in names and v is not None})

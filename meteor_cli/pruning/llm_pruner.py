@@ -168,6 +168,18 @@ def query_attention(
     return torch.where(query_valid[:, None, :, None], probs, torch.zeros((), dtype=probs.dtype))
 
 
+def query_index(query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, L) bool query rows → (B, Q) packed positions (padded with 0) and (B, Q) validity."""
+    q_counts = query.sum(1)
+    Q = max(1, int(q_counts.max()))
+    q_idx = torch.zeros(query.shape[0], Q, dtype=torch.long, device=query.device)
+    q_valid = torch.arange(Q, device=query.device)[None, :] < q_counts[:, None]
+    for b in range(query.shape[0]):
+        pos = torch.nonzero(query[b], as_tuple=False).flatten()
+        q_idx[b, :len(pos)] = pos
+    return q_idx, q_valid
+
+
 # --------------------------------------------------------------------------------------------
 # The packed sequence and its bookkeeping
 # --------------------------------------------------------------------------------------------
@@ -274,6 +286,8 @@ class Session:
     warned_no_visual: bool = False
     #: Position ids the decoder itself was called with at prefill (3-D for M-RoPE), see the pre-hook.
     decoder_position_ids: torch.Tensor | None = None
+    #: While ``policy.query_rows`` runs at prefill: (hidden (B, L, d) entering layer 0, visual (B, L) bool).
+    layer0_input: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # -- bookkeeping helpers ---------------------------------------------------------------
 
@@ -286,7 +300,9 @@ class Session:
         visual = (ar >= vs) & (ar < vs + vl) & valid
         end = self.prompt_len.to(dev)[:, None] if self.prompt_len is not None else torch.full_like(vs, L)
         after = (ar >= vs + vl) & (ar < end) & valid
+        self.layer0_input = (hidden, visual)  # for query_rows that read the LLM's input (SparseVLM's raters)
         query = self.pruner.policy.query_rows(after, valid, self)
+        self.layer0_input = None
         rope = None
         dec_pos = self.decoder_position_ids
         if dec_pos is not None and dec_pos.ndim == 3:  # M-RoPE: (3, B, L), or (4, B, L) with text ids first
@@ -330,11 +346,15 @@ class _PrunableLayer(nn.Module):
         pruner = self._pruner[0]
         if self.index == 0:
             sess._init_state(hidden, kwargs.get("position_ids"))
-        if self.index in pruner.score_layers:
-            pos_emb = sess.pos_emb if sess.pruned else kwargs["position_embeddings"]
-            pruner.score(sess, self.layer, self.index, hidden, pos_emb)
+        # Scores for a pruning at THIS layer come from the tokens entering it; scores this layer gives
+        # a LATER pruning (FastV/DART/SparseVLM score from layer p-1) from what survives its own pruning.
+        scores_for = pruner.score_layers.get(self.index)
+        if scores_for == self.index:
+            pruner.score(sess, self.layer, self.index, hidden, sess.pos_emb if sess.pruned else kwargs["position_embeddings"])
         if self.index in pruner.policy.layers:
             hidden = pruner.prune(sess, self.index, hidden)
+        if scores_for is not None and scores_for != self.index:
+            pruner.score(sess, self.layer, self.index, hidden, sess.pos_emb if sess.pruned else kwargs["position_embeddings"])
         if sess.pruned:
             kwargs["attention_mask"] = sess.layer_mask
             kwargs["position_ids"] = sess.state.position_ids
@@ -374,7 +394,8 @@ class LLMPruner:
         self.policy = policy
         self.padding_masks = takes_padding_masks(model)
         policy.validate(self.num_layers, self._num_heads())
-        self.score_layers = {policy.score_layer(p) for p in policy.layers}
+        #: score layer → the pruning layer it scores for (one each: a policy scores at a fixed offset)
+        self.score_layers = {policy.score_layer(p): p for p in policy.layers}
         self.current: Session | None = None
         self._originals = list(self.decoder.layers)
         self.decoder.layers = nn.ModuleList([_PrunableLayer(layer, i, self) for i, layer in enumerate(self._originals)])
@@ -440,13 +461,7 @@ class LLMPruner:
         if hasattr(self.policy, "score_states"):  # a state-based policy (DART): its own scores, no attention
             sess._scores[index] = self.policy.score_states(layer, hidden, pos_emb, sess)
             return
-        q_counts = st.query.sum(1)
-        Q = max(1, int(q_counts.max()))
-        q_idx = torch.zeros(st.query.shape[0], Q, dtype=torch.long, device=hidden.device)
-        q_valid = torch.arange(Q, device=hidden.device)[None, :] < q_counts[:, None]
-        for b in range(st.query.shape[0]):
-            pos = torch.nonzero(st.query[b], as_tuple=False).flatten()
-            q_idx[b, :len(pos)] = pos
+        q_idx, q_valid = query_index(st.query)
         with torch.no_grad():
             probs = query_attention(layer, hidden, pos_emb, q_idx, q_valid, st.valid)  # (B, H, Q, L)
         vis = sess.visual_indices()
@@ -485,5 +500,5 @@ class LLMPruner:
         return hidden
 
 
-__all__ = ["LLMPruner", "PackedState", "Session", "additive_mask", "apply_rope", "decoder_of", "query_attention",
+__all__ = ["LLMPruner", "PackedState", "Session", "additive_mask", "apply_rope", "decoder_of", "query_attention", "query_index",
            "takes_padding_masks", "text_config"]

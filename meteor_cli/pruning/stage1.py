@@ -73,11 +73,13 @@ def resolve_stage1_method(allocation: Mapping[str, Any] | None, method: str | No
 
 
 def _option_value(text: Any) -> Any:
-    """``"54"`` → 54, ``"0.5"`` → 0.5, ``"none"`` → None, anything else unchanged."""
+    """``"54"`` → 54, ``"0.5"`` → 0.5, ``"none"`` → None, ``"true"``/``"false"`` → bool, anything else unchanged."""
     if not isinstance(text, str):
         return text
     if text.lower() in ("none", "null"):
         return None
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
     for cast in (int, float):
         try:
             return cast(text)

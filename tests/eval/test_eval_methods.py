@@ -68,12 +68,12 @@ def test_two_methods_in_one_run_equal_two_single_method_runs(cli, synth):
 
 
 def test_sweep_gives_one_row_per_method_and_budget_at_the_asked_tokens(cli, synth):
-    res = cli(*BASE, "--method", "unpruned,fastv,pdrop,dart,random,pool,visionzip", "--sweep", "0.33,48",
+    res = cli(*BASE, "--method", "unpruned,fastv,pdrop,dart,sparsevlm,random,pool,visionzip", "--sweep", "0.33,48",
               "--plot", "sweep.png", "--out", "sweep.json", "--json")
     assert res.exit_code == 0, res.output
     body = json.loads(res.stdout)
     labels = [r["label"] for r in body["results"]]
-    methods = ("fastv", "pdrop", "dart", "random", "pool", "visionzip")
+    methods = ("fastv", "pdrop", "dart", "sparsevlm", "random", "pool", "visionzip")
     assert labels == ["unpruned"] + [f"{m}@{t}" for m in methods for t in (32, 48)]  # 0.33·96 → 32 tokens
     assert body["settings"]["methods"]["budgets"] == [32, 48] and body["settings"]["methods"]["visual_tokens"] == 96
     by = {r["label"]: r for r in body["results"]}
@@ -83,7 +83,7 @@ def test_sweep_gives_one_row_per_method_and_budget_at_the_asked_tokens(cli, synt
             assert tok["stage2_visual"] == t and tok["stage3_layer_averaged"] == t, (m, t)
             assert sum(tok["per_encoder"].values()) == t
         assert by[f"visionzip@{t}"]["tokens"]["stage1_per_encoder"] == by[f"visionzip@{t}"]["tokens"]["per_encoder"]
-        for m in ("fastv", "pdrop", "dart"):  # Stage 3: all 96 in, T averaged over the 4 layers (integer counts)
+        for m in ("fastv", "pdrop", "dart", "sparsevlm"):  # Stage 3: all 96 in, T averaged over the 4 layers (integer counts)
             tok = by[f"{m}@{t}"]["tokens"]
             assert tok["stage2_visual"] == 96 and tok["stage3_layer_averaged"] == pytest.approx(t, abs=0.5), (m, t)
             kept = [float(v) for v in tok["stage3_per_layer"].values()]

@@ -206,7 +206,7 @@ def test_cli_per_tile_budgets_visionzip_and_stage3_ratios(cli, hf_vlm_dirs, synt
     vis = {r["method"]: r["visual_tokens"] for r in rows}
     assert vis["unpruned"] == 16 + 64 + 8 and 8 + 32 + 1 <= vis["visionzip"] <= 8 + 32 + 8
     # Stage-3 ratio schedules: 8 of a tile's 16 tokens = half of each span, averaged over the layers
-    res = cli("eval", "--model", d, "--data", str(synth), "--limit", "2", "--method", "fastv,pdrop,dart",
+    res = cli("eval", "--model", d, "--data", str(synth), "--limit", "2", "--method", "fastv,pdrop,dart,sparsevlm",
               "--visual-tokens", "8", "--max-new-tokens", "2", "--out", "s3.json", "--json")
     assert res.exit_code == 0, res.output
     for r in json.loads(res.stdout)["results"]:

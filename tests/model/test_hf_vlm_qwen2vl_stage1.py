@@ -280,14 +280,14 @@ def test_cli_stage3_ratio_budgets_are_a_fraction_of_each_images_span(cli, hf_vlm
     questions = [json.loads(x) for x in (sv / "eval" / "questions.jsonl").read_text().splitlines()]
     for q, size in zip(questions, [(112, 84), (56, 112), (112, 112), (84, 112)]):
         Image.open(sv / q["image"]).convert("RGB").resize(size).save(sv / q["image"])
-    res = cli("eval", "--model", str(hf_vlm_dirs["qwen2_vl"]), "--data", str(sv), "--method", "fastv,pdrop,dart",
+    res = cli("eval", "--model", str(hf_vlm_dirs["qwen2_vl"]), "--data", str(sv), "--method", "fastv,pdrop,dart,sparsevlm",
               "--visual-tokens", "8", "--batch-size", "2", "--max-new-tokens", "2", "--out", "s3.json", "--json")
     assert res.exit_code == 0, res.output
     for r in json.loads(res.stdout)["results"]:
         assert r["tokens"]["stage2_visual"] == sum(spans) / 4, r["label"]  # the whole span enters the LLM
         assert r["tokens"]["stage3_layer_averaged"] == pytest.approx(sum(spans) / 8, abs=0.75), r["label"]
     rows = [json.loads(x) for x in (tmp_path / "s3.samples.jsonl").read_text().splitlines()]
-    assert len(rows) == 12
+    assert len(rows) == 16
     for row in rows:
         n = spans[row["pos"]]
         assert row["visual_tokens"] == n
