@@ -62,3 +62,16 @@ def test_bad_settings_write_nothing(cli, llm_dir, tmp_path, args, code, message)
 def test_missing_model(cli):
     res = cli("prune-llm", "--model", "nowhere", "--device", "cpu")
     assert res.exit_code == ExitCode.NOT_FOUND
+
+
+@pytest.mark.parametrize("method", ["dart", "sparsevlm"])
+def test_policies_of_other_modules_in_a_fresh_process(llm_dir, tmp_path, method):
+    """prune-llm --method dart was refused in a fresh process: only llm_policies' own policies were
+    registered when make_policy looked the name up (in-process tests had loaded the rest)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "meteor_cli", "prune-llm", "--model", llm_dir, "--method", method,
+                          "--out", "-", "--device", "cpu"], capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["method"] == method
