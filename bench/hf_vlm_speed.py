@@ -37,7 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tests/model/hf_vlm_builders: the tokenizer and chat templates the tests use
 
-DEFAULT_METHODS = "meteor,visionzip,fastv,pdrop,dart"
+DEFAULT_METHODS = "meteor,visionzip,fastv,pdrop,dart,sparsevlm"
 
 
 def _clip(width: int, image: int = 336, patch: int = 14, layers: int = 24):

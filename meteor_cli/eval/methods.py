@@ -132,23 +132,27 @@ def sparsevlm_setting(n: int, target: float, n_layers: int) -> tuple[list[int], 
 
     [inferred] The schedule's shape is the reference's own list for the nearest of its budgets (64,
     96, 128, 192 of 576, at ``target·576/n``), scaled by one factor so the layer average is exactly
-    ``target`` (the reference's lists average 65-207 tokens, not their nominal budget, because it
-    counts layers 0-2 as two).
+    ``target`` (the reference's lists average 82-207 tokens over 32 layers, not their nominal
+    budget). When its first layer lets too many tokens through for ``target`` (a 16-layer LLM at
+    64 of 576), the first pruning moves to layer 1, as FastV's and PyramidDrop's do.
     """
     from meteor_cli.pruning.sparsevlm import REFERENCE_COUNTS, REFERENCE_TOKENS, sparsevlm_layers
 
-    pts = sparsevlm_layers(n_layers)
     nominal = min(REFERENCE_COUNTS, key=lambda t: (abs(t - target * REFERENCE_TOKENS / n), t))
-    shape = [c / REFERENCE_TOKENS for c in REFERENCE_COUNTS[nominal]][: len(pts)]
-    bounds = [*pts, n_layers]
+    default = sparsevlm_layers(n_layers)
+    for pts in (default, sorted({1, *default[1:]})):  # [inferred] from layer 1 when its own first layer cannot
+        shape = [c / REFERENCE_TOKENS for c in REFERENCE_COUNTS[nominal]][: len(pts)]
+        bounds = [*pts, n_layers]
 
-    def avg(alpha: float) -> float:
-        total = bounds[0] * n
-        for j, f in enumerate(shape):
-            total += (bounds[j + 1] - bounds[j]) * min(n, max(1.0, alpha * f * n))
-        return total / n_layers
+        def avg(alpha: float) -> float:
+            total = bounds[0] * n
+            for j, f in enumerate(shape):
+                total += (bounds[j + 1] - bounds[j]) * min(n, max(1.0, alpha * f * n))
+            return total / n_layers
 
-    if avg(0.0) > target or avg(1e6) < target:
+        if avg(0.0) <= target <= avg(1e6):
+            break
+    else:
         raise UsageError(f"SparseVLM at layers {pts} cannot average {target:.0f} of {n} visual tokens over "
                          f"{n_layers} layers", f"raise the budget to at least {math.ceil(avg(0.0))}")
     lo, hi = 0.0, 1e6
