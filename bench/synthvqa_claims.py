@@ -17,7 +17,7 @@ prune-llm, train, eval, flops), each run as a child process; their command lines
 * **VisionZip** as the Stage-1 policy, ``T`` tokens in all;
 * **Stage 3** alone at an equal LAYER-AVERAGED budget ``--stage3-budget`` (default 50 %: on an
   8-layer LLM, FastV's and PDrop's default layers already spend 25 % before their first prune):
-  METEOR's adaptive policy (calibrated), ``fixed`` at METEOR's layers, FastV, PDrop and DART;
+  METEOR's adaptive policy (calibrated), ``fixed`` at METEOR's layers, FastV, PDrop, DART and SparseVLM;
 * **METEOR fine-tuned** for ``--ft-steps`` with Stage 1-2 in the loop (the paper's training phase
   shortened), evaluated with the same allocation.
 
@@ -42,7 +42,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from meteor_cli.eval.methods import fastv_setting, pdrop_ratio  # noqa: E402
+from meteor_cli.eval.methods import fastv_setting, pdrop_ratio, sparsevlm_setting  # noqa: E402
 from meteor_cli.errors import UsageError  # noqa: E402
 from meteor_cli.pruning import DEFAULT_FLOOR, DEFAULT_SCORE  # noqa: E402
 from meteor_cli.eval.results import samples_path_for  # noqa: E402
@@ -109,7 +109,7 @@ def main() -> None:
     ap.add_argument("--stage3-budget", type=float, default=0.5, help="layer-averaged budget of the Stage-3 rows")
     ap.add_argument("--ft-steps", type=int, default=300, help="fine-tuning steps with Stage 1-2 in the loop")
     ap.add_argument("--ft-lr", type=float, default=2e-4)
-    ap.add_argument("--one-run-methods", default="unpruned,meteor,visionzip,dart,fastv,pdrop,pool",
+    ap.add_argument("--one-run-methods", default="unpruned,meteor,visionzip,dart,fastv,pdrop,sparsevlm,pool",
                     help="methods of the `meteor eval --method` comparison (#17)")
     ap.add_argument("--one-run-budgets", default="48", help="visual-token budgets of that comparison (comma list)")
     ap.add_argument("--rows", default="",
@@ -181,6 +181,12 @@ def main() -> None:
         s3["dart"] = ["--method", "dart", "--keep", dart_keep]
     else:
         infeasible.append(f"dart at layer {dart_k}")
+    try:  # SparseVLM+ (the paper's main baseline): its schedule scaled to T3, as `eval --method sparsevlm`
+        sv_layers, sv_keep = sparsevlm_setting(n_vis, T3, n_layers)
+        s3["sparsevlm"] = ["--method", "sparsevlm", "--layers", ",".join(map(str, sv_layers)),
+                           "--keep", ",".join(map(str, sv_keep))]
+    except UsageError:
+        infeasible.append("sparsevlm")
     for name, flags in s3.items():
         p = out / f"s3-{name.split()[0]}.prune-llm.json"
         meteor("prune-llm", "--model", model, *flags, "--out", p, outputs=[p])
@@ -253,7 +259,7 @@ def main() -> None:
     claim("collaborative (zscore, the earlier default) > separate", "stage2 collaborative zscore", "stage2 separate")
     claim("collaborative (default) > random", default2, "stage2 random")
     claim("collaborative (default) > pool", default2, "stage2 pool")
-    for other in ("fixed", "fastv", "pdrop", "dart"):
+    for other in ("fixed", "fastv", "pdrop", "dart", "sparsevlm"):
         claim(f"adaptive Stage 3 >= {other}", "stage3 meteor adaptive", f"stage3 {other}")
         claim(f"adaptive Stage 3 >= {other} on ocr", "stage3 meteor adaptive", f"stage3 {other}", "ocr")
     claim("fine-tuning recovers Stage 1-2 loss", "meteor stage 1-2, fine-tuned", "stage1 rank")
