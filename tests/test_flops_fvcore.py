@@ -12,7 +12,7 @@ import pytest
 from meteor_cli import artifacts as A
 from meteor_cli import flops as F
 from meteor_cli.cli.flops import count, stage3_counts
-from meteor_cli.errors import ExitCode
+from meteor_cli.errors import ExitCode, UsageError
 
 TINY_ALLOC = {"strategy": "rank", "stage1": {"totals": [60, 40, 30], "encoders": {
     "vit": {"points": [0, 1, 2], "keep": [12, 10, 8]}, "clip": {"points": [0, 1, 2], "keep": [36, 24, 16]},
@@ -128,3 +128,12 @@ def test_calibrated_schedule_with_allocation_names_its_source(cli, tmp_path):
     assert vt["stage3_source"].startswith("derived") and "warning: Stage-3 kept counts derived" in res.stderr
     res = cli("flops", "--model", "tiny", "--prune-llm", "p.json", "--json")
     assert json.loads(res.stdout)["visual_tokens"]["layer_averaged"] == pytest.approx((96 + 48 + 48 + 24) / 4)
+
+
+def test_keep_schedules_of_every_policy_count_and_the_rest_name_the_fix():
+    """sparsevlm (and any policy with a `keep` list) counts from it; `meteor flops` refused it before."""
+    sv = {"method": "sparsevlm", "layers": [1, 2, 4], "keep": [0.7679, 0.5119, 0.302], "heads": 4}
+    assert stage3_counts(sv, 96, None) == ([1, 2, 4], [74, 49, 29], "schedule")  # what eval measured at 48 of 96
+    with pytest.raises(UsageError, match="'mine' Stage-3 policy") as e:
+        stage3_counts({"method": "mine", "layers": [1]}, 96, None)
+    assert "--stage3-kept" in e.value.hint and "calibrate" not in e.value.hint

@@ -81,7 +81,7 @@ def stage3_counts(s3: dict[str, Any], n: int, override: list[float] | None, *, a
             raise UsageError(f"--stage3-kept has {len(override)} values for layers {layers}")
         return layers, override, "given (--stage3-kept)"
     method = s3["method"]
-    if method in ("fixed", "all-heads", "dart"):
+    if method != "meteor" and isinstance(s3.get("keep"), list):  # fixed, all-heads, dart, sparsevlm, plugins
         return layers, [min(n, round(v * n) if isinstance(v, float) and v <= 1 else v) for v in s3["keep"]], "schedule"
     if method == "fastv":
         return layers, [max(1, round(n * (1 - s3["r"])))], "schedule"
@@ -102,8 +102,10 @@ def stage3_counts(s3: dict[str, Any], n: int, override: list[float] | None, *, a
         measured = "with another allocation" if rec else "without an allocation"
         return layers, scaled, (f"derived: the calibration was measured {measured} ({n_cal:g} visual tokens into "
                                 f"the LLM); its per-layer means are scaled to the {n} this allocation lets in")
-    raise UsageError("a meteor Stage-3 schedule keeps a different count per input",
-                     "calibrate it (`meteor prune-llm --calibrate`) or give the expected counts with --stage3-kept")
+    what = "a meteor Stage-3 schedule" if method == "meteor" else f"the {method!r} Stage-3 policy (no `keep` schedule)"
+    raise UsageError(f"{what} keeps a different count per input",
+                     ("calibrate it (`meteor prune-llm --calibrate`) or " if method == "meteor" else "")
+                     + "give the expected counts with --stage3-kept")
 
 
 def count(vlm_cfg: Any, llm_cfg: dict[str, Any], alloc: dict[str, Any] | None, s3: dict[str, Any] | None, convention: str,
