@@ -262,6 +262,7 @@ def main() -> None:
     for other in ("fixed", "fastv", "pdrop", "dart", "sparsevlm"):
         claim(f"adaptive Stage 3 >= {other}", "stage3 meteor adaptive", f"stage3 {other}")
         claim(f"adaptive Stage 3 >= {other} on ocr", "stage3 meteor adaptive", f"stage3 {other}", "ocr")
+    claim("sparsevlm >= fastv (the paper's ordering of its baselines)", "stage3 sparsevlm", "stage3 fastv")
     claim("fine-tuning recovers Stage 1-2 loss", "meteor stage 1-2, fine-tuned", "stage1 rank")
 
     # -- #17: today's baselines in one `meteor eval --method` run per seed and budget ------------------------
