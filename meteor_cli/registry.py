@@ -327,6 +327,7 @@ BUILTIN_MODULES: list[str] = [
     "meteor_cli.pruning.pool",
     "meteor_cli.pruning.dart",
     "meteor_cli.pruning.sparsevlm",
+    "meteor_cli.pruning.divprune",
     "meteor_cli.model.encoders",
     "meteor_cli.model.presets",
     "meteor_cli.model.hf_vlm",

@@ -41,11 +41,12 @@ BUILTIN_METHODS: dict[str, str] = {
     "random": "Stage 2: T uniformly random tokens into the LLM",
     "separate": "Stage 2: T tokens, per-encoder quotas by intra-encoder redundancy",
     "pool": "Stage 2: 2-D average pooling of each encoder's map to its share of T (the floor)",
+    "divprune": "Stage 2: DivPrune's T most diverse fused tokens (greedy max-min cosine distance)",
     "visionzip": "Stage 1: VisionZip's dominant + contextual tokens, T in all, at each encoder's last point",
     "prumerge+": "Stage 1: PruMerge+, T in all, at each encoder's last point",
 }
 STAGE1_METHODS = ("visionzip", "prumerge+")
-STAGE2_METHODS = ("random", "separate", "pool")
+STAGE2_METHODS = ("random", "separate", "pool", "divprune")
 #: Stage-3 methods whose schedule is a ratio of the visual span, so a budget per anyres tile or per
 #: reference image (T of n tokens) means the same fraction T/n of any LLaVA-NeXT or Qwen2-VL span:
 #: FastV's R and PDrop's r are solved for (n, T) and are ratios already; DART keeps a ratio

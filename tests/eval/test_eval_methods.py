@@ -68,17 +68,17 @@ def test_two_methods_in_one_run_equal_two_single_method_runs(cli, synth):
 
 
 def test_sweep_gives_one_row_per_method_and_budget_at_the_asked_tokens(cli, synth):
-    res = cli(*BASE, "--method", "unpruned,fastv,pdrop,dart,sparsevlm,random,pool,visionzip", "--sweep", "0.33,48",
+    res = cli(*BASE, "--method", "unpruned,fastv,pdrop,dart,sparsevlm,random,pool,divprune,visionzip", "--sweep", "0.33,48",
               "--plot", "sweep.png", "--out", "sweep.json", "--json")
     assert res.exit_code == 0, res.output
     body = json.loads(res.stdout)
     labels = [r["label"] for r in body["results"]]
-    methods = ("fastv", "pdrop", "dart", "sparsevlm", "random", "pool", "visionzip")
+    methods = ("fastv", "pdrop", "dart", "sparsevlm", "random", "pool", "divprune", "visionzip")
     assert labels == ["unpruned"] + [f"{m}@{t}" for m in methods for t in (32, 48)]  # 0.33·96 → 32 tokens
     assert body["settings"]["methods"]["budgets"] == [32, 48] and body["settings"]["methods"]["visual_tokens"] == 96
     by = {r["label"]: r for r in body["results"]}
     for t in (32, 48):
-        for m in ("random", "pool", "visionzip"):  # Stages 1-2: exactly T tokens into the LLM, in every layer
+        for m in ("random", "pool", "divprune", "visionzip"):  # Stages 1-2: exactly T tokens into the LLM, in every layer
             tok = by[f"{m}@{t}"]["tokens"]
             assert tok["stage2_visual"] == t and tok["stage3_layer_averaged"] == t, (m, t)
             assert sum(tok["per_encoder"].values()) == t
