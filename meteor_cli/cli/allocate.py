@@ -57,7 +57,8 @@ def main(
     contextual: Annotated[int | None, typer.Option(
         "--contextual", min=0, help="visionzip: contextual (merged) tokens per encoder (VisionZip's `contextual=`).")] = None,
     stage2_method: Annotated[str, typer.Option(
-        "--stage2-method", help="Stage-2 policy: meteor (collaborative), separate, random, pool (`meteor list policies`).")] = "meteor",
+        "--stage2-method", help="Stage-2 policy: meteor (collaborative), separate, random, pool, divprune "
+                                "(`meteor list policies`).")] = "meteor",
     stage2_score: Annotated[str, typer.Option(
         "--stage2-score", help="Redundancy score of the meteor Stage-2 policy: sum (the paper's), or the "
         "\\[inferred] normalised mean, encoder-mean, zscore (docs/synthvqa.md compares them).")] = DEFAULT_SCORE,
