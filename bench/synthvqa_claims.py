@@ -109,7 +109,7 @@ def main() -> None:
     ap.add_argument("--stage3-budget", type=float, default=0.5, help="layer-averaged budget of the Stage-3 rows")
     ap.add_argument("--ft-steps", type=int, default=300, help="fine-tuning steps with Stage 1-2 in the loop")
     ap.add_argument("--ft-lr", type=float, default=2e-4)
-    ap.add_argument("--one-run-methods", default="unpruned,meteor,visionzip,dart,fastv,pdrop,sparsevlm,pool",
+    ap.add_argument("--one-run-methods", default="unpruned,meteor,visionzip,dart,fastv,pdrop,sparsevlm,divprune,pool",
                     help="methods of the `meteor eval --method` comparison (#17)")
     ap.add_argument("--one-run-budgets", default="48", help="visual-token budgets of that comparison (comma list)")
     ap.add_argument("--rows", default="",
@@ -147,7 +147,8 @@ def main() -> None:
                         ("collaborative encoder-mean", ["--stage2-score", "encoder-mean", "--stage2-floor", 0]),
                         ("separate", ["--stage2-method", "separate"]),
                         ("random", ["--stage2-method", "random"]),
-                        ("pool", ["--stage2-method", "pool"])):
+                        ("pool", ["--stage2-method", "pool"]),
+                        ("divprune", ["--stage2-method", "divprune"])):
         a = out / f"s2-{name.split()[-1].strip('()')}.allocation.json"
         meteor("allocate", "--ranks", ranks, "--schedule", "explicit", "--totals", full, "--fusion-keep", T, *flags,
                "--out", a, outputs=[a])
@@ -259,6 +260,7 @@ def main() -> None:
     claim("collaborative (zscore, the earlier default) > separate", "stage2 collaborative zscore", "stage2 separate")
     claim("collaborative (default) > random", default2, "stage2 random")
     claim("collaborative (default) > pool", default2, "stage2 pool")
+    claim("collaborative (default) >= divprune", default2, "stage2 divprune")
     for other in ("fixed", "fastv", "pdrop", "dart", "sparsevlm"):
         claim(f"adaptive Stage 3 >= {other}", "stage3 meteor adaptive", f"stage3 {other}")
         claim(f"adaptive Stage 3 >= {other} on ocr", "stage3 meteor adaptive", f"stage3 {other}", "ocr")
