@@ -162,9 +162,12 @@ class MultiEncoderVLM(nn.Module):
             # `meteor flops --count fvcore` wraps the hook in a marker and keeps the policy in _flops_stage2
             policy = self.__dict__.get("_flops_stage2") or self.stage2
             res = select_positions(policy, fused, torch.stack(covered, 1), widths, self.projectors["fused"][0].weight,
-                                   sample_ids=keys)
+                                   sample_ids=keys, project=self.projectors["fused"])
             if res is not None:
                 pos = res.indices
+                if res.projected is not None:  # the selection projected every position already (divprune)
+                    return VisualTokens(res.projected, torch.zeros(pos.shape[1], dtype=torch.long, device=pos.device),
+                                        pos, {"fused": [pos.shape[1]] * B})
                 fused = torch.gather(fused, 1, pos.unsqueeze(-1).expand(-1, -1, fused.shape[-1]))
         z = self.projectors["fused"](fused)
         ids = torch.zeros(pos.shape[1], dtype=torch.long, device=z.device)

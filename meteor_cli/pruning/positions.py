@@ -22,7 +22,9 @@ to positions. Every choice here is **[inferred]** (a METEOR-style default, docs/
   the same count for every sample (A12).
 
 ``stage2.method`` ``random`` draws the positions uniformly (seeded per sample, covered positions
-first). ``separate`` (per-encoder quotas) has no meaning when a position is shared by all
+first). ``divprune`` runs DivPrune on what its reference runs it on, the tokens that enter the LLM:
+the shared projector's output at every covered position (projected once; the kept ones are reused,
+not projected again), then uncovered positions if the budget is larger. ``separate`` (per-encoder quotas) has no meaning when a position is shared by all
 encoders: it is refused with a message. ``stage2.floor`` (each encoder first keeps a fraction of
 its share, ``meteor allocate``'s default 0.5) is met by construction — a kept position keeps every
 encoder's features there — so it changes nothing here.
@@ -38,7 +40,7 @@ import torch
 from meteor_cli.errors import UsageError
 
 #: Stage-2 methods that have a meaning on shared positions.
-POSITION_METHODS = ("meteor", "random")
+POSITION_METHODS = ("meteor", "random", "divprune")
 
 
 @dataclass
@@ -46,6 +48,8 @@ class PositionResult:
     indices: torch.Tensor  # (B, K) kept positions, ascending
     scores: torch.Tensor | None  # (B, P) position scores (lower = kept), None for random
     covered: torch.Tensor  # (B, E, P) which encoder still covers which position
+    #: (B, K, d) projector output at the kept positions when the selection needed it (divprune), else None
+    projected: torch.Tensor | None = None
 
 
 def contributions(fused: torch.Tensor, widths: list[int], w0: torch.Tensor) -> torch.Tensor:
@@ -100,8 +104,10 @@ def _lowest(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def select_positions(stage2: Any, fused: torch.Tensor, covered: torch.Tensor, widths: list[int],
-                     w0: torch.Tensor, sample_ids: list[int] | None = None) -> PositionResult | None:
-    """The positions ``stage2`` (a :class:`~meteor_cli.pruning.stage2.Stage2`) keeps; None when it keeps all."""
+                     w0: torch.Tensor, sample_ids: list[int] | None = None,
+                     project: Any = None) -> PositionResult | None:
+    """The positions ``stage2`` (a :class:`~meteor_cli.pruning.stage2.Stage2`) keeps; None when it keeps all.
+    ``project``: the shared projector (``divprune`` selects among its outputs)."""
     method = getattr(stage2, "method", None)
     keep = getattr(stage2, "keep", None)
     if keep is None or method is None:
@@ -124,6 +130,22 @@ def select_positions(stage2: Any, fused: torch.Tensor, covered: torch.Tensor, wi
             rows.append(rank + P * (~covered[b].any(0)).float())  # covered positions first
         scores = torch.stack(rows)
         return PositionResult(_lowest(scores, keep), None, covered)
+    if method == "divprune":
+        from meteor_cli.pruning.divprune import divprune_select
+
+        if project is None:
+            raise UsageError("divprune on shared positions needs the projector", "pass project= to select_positions")
+        z = project(fused)  # (B, P, d): the tokens the LLM would get at every position
+        rows = []
+        for b in range(B):
+            cov = torch.nonzero(covered[b].any(0)).flatten()
+            pick = cov[divprune_select(z[b, cov], keep)]
+            if len(pick) < keep:  # more budget than covered positions: the first uncovered ones
+                rest = torch.nonzero(~covered[b].any(0)).flatten()[: keep - len(pick)]
+                pick = torch.cat([pick, rest])
+            rows.append(torch.sort(pick).values)
+        idx = torch.stack(rows)
+        return PositionResult(idx, None, covered, torch.gather(z, 1, idx.unsqueeze(-1).expand(-1, -1, z.shape[-1])))
     scores = position_scores(contributions(fused, widths, w0), covered, getattr(stage2, "score", "sum"))
     return PositionResult(_lowest(scores, keep), scores, covered)
 

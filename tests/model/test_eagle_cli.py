@@ -200,7 +200,7 @@ def test_stage2_alone_keeps_the_unpruned_tokens_of_the_chosen_positions(x5, pipe
     pixels = torch.rand(2, 3, 128, 128)
     with torch.no_grad():
         plain = vlm.encode_images(pixels)
-        for method in ("meteor", "random"):
+        for method in ("meteor", "random", "divprune"):
             vlm.stage2 = Stage2(5, method)
             vis = vlm.encode_images(pixels)
             assert vis.pos.shape == (2, 5) and torch.equal(vis.pos, vis.pos.sort(1).values)
@@ -229,6 +229,23 @@ def test_position_redundancy_drops_duplicates_and_uncovered_positions_first():
     w0 = torch.cat([torch.eye(E * P), torch.eye(E * P)], dim=1)
     res = select_positions(Stage2(6, "meteor"), fused, covered, [E * P, E * P], w0)
     assert res.indices.tolist() == [[0, 1, 2, 4, 5, 7]]
+
+
+def test_divprune_on_positions_picks_among_the_projected_tokens(x5):
+    """DivPrune on a release selects what its reference selects: the LLM-input tokens (the shared
+    projector's output) at the covered positions, by greedy max-min diversity."""
+    from meteor_cli.model.checkpoint import load_model
+    from meteor_cli.pruning.divprune import divprune_select
+    from meteor_cli.pruning.stage2 import Stage2
+
+    pixels = torch.rand(2, 3, 128, 128)
+    with torch.no_grad():
+        vlm = load_model(str(x5))
+        plain = vlm.encode_images(pixels)
+        vlm.stage2 = Stage2(7, "divprune")
+        vis = vlm.encode_images(pixels)
+    for b in range(2):
+        assert torch.equal(vis.pos[b], divprune_select(plain.z[b], 7))
 
 
 def test_stage2_settings_without_meaning_on_positions_are_refused():
