@@ -27,8 +27,8 @@ because HF derives them from layer 0's cache, which is never pruned.
 
 State-based policies
 --------------------
-A policy that scores from hidden states rather than attention (DART) defines
-``score_states(layer, hidden, pos_emb, session)`` — called at its score layer instead of the
+A policy that computes its own scores (DART from hidden states, SparseVLM from attention it
+corrects) defines ``score_states(layer, hidden, pos_emb, session)`` — called at its score layer instead of the
 query-attention computation, its result kept as that layer's scores — and
 ``select_states(p, scores, hidden, session, decoder)`` — called at the pruning layer with the
 hidden states entering it, returning the kept visual indices per sample.
@@ -458,7 +458,7 @@ class LLMPruner:
             return
         st = sess.state
         assert st is not None
-        if hasattr(self.policy, "score_states"):  # a state-based policy (DART): its own scores, no attention
+        if hasattr(self.policy, "score_states"):  # a policy with its own scores (DART, SparseVLM)
             sess._scores[index] = self.policy.score_states(layer, hidden, pos_emb, sess)
             return
         q_idx, q_valid = query_index(st.query)
