@@ -134,8 +134,13 @@ def count(vlm_cfg: Any, llm_cfg: dict[str, Any], alloc: dict[str, Any] | None, s
         # Stage 2 picks shared positions BEFORE the one projector (docs/eagle.md): it maps only the kept ones
         n_unpruned = vlm_cfg.grid ** 2
         n_vis = min(n_unpruned, int(alloc["stage2"]["keep"])) if alloc else n_unpruned
-        rep.add("projector/fused", F.projector_macs(n_vis, sum(e.width for e in vlm_cfg.encoders), d_llm,
+        # divprune chooses among the projector's outputs: it projects every position (positions.py)
+        projects_all = bool(alloc) and alloc["stage2"].get("method") == "divprune"
+        n_proj = n_unpruned if projects_all else n_vis
+        rep.add("projector/fused", F.projector_macs(n_proj, sum(e.width for e in vlm_cfg.encoders), d_llm,
                                                     convention=convention),
+                "every shared position (divprune selects among the projector's outputs)" if projects_all and
+                n_vis < n_unpruned else
                 f"{n_vis} of the {n_unpruned} shared positions (Stage 2 selects before the projector)"
                 if n_vis < n_unpruned else None)
     dims = F.LLMDims.from_hf_config(llm_cfg)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from meteor_cli import artifacts as A
 from meteor_cli.errors import ExitCode
 
 
@@ -376,3 +377,21 @@ def test_flops_count_the_projector_over_the_kept_positions(x5, pipeline, cli):
                             "--convention", "macs", "--json").stdout)
     # mlp2x_gelu is linear in the positions: 6 of the 16 shared positions cost 6/16 of the unpruned projector
     assert pruned["components"]["projector/fused"] == pytest.approx(unpruned["components"]["projector/fused"] * 6 / 16)
+
+
+def test_flops_count_divprune_projecting_every_position(x5, pipeline, cli, tmp_path):
+    """divprune selects among the projector's outputs, so it projects all 16 positions: the analytic
+    count says so and agrees with fvcore's count of the real forward."""
+    body = _body(pipeline / "alloc.json")
+    body["stage2"]["method"] = "divprune"
+    A.write_artifact(tmp_path / "dp.json", A.make_artifact("meteor.allocation", body))
+    res = cli("flops", "--model", str(x5), "--allocation", str(tmp_path / "dp.json"), "--count", "both",
+              "--text-tokens", "8", "--json")
+    assert res.exit_code == 0, res.stderr
+    out = json.loads(res.stdout)
+    unpruned = json.loads(cli("flops", "--model", str(x5), "--convention", "macs", "--json").stdout)
+    macs = json.loads(cli("flops", "--model", str(x5), "--allocation", str(tmp_path / "dp.json"), "--convention",
+                          "macs", "--json").stdout)
+    assert macs["components"]["projector/fused"] == unpruned["components"]["projector/fused"]
+    assert out["fvcore"]["input"]["visual_tokens_into_llm"] == 6
+    assert abs(out["fvcore"]["components"]["projector/fused"]["difference"]) <= 0.01
