@@ -35,25 +35,26 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # tests/model/hf_vlm_builders: the tokenizer and chat templates the tests use
+sys.path.insert(0, str(ROOT))  # tests/model/hf_vlm_builders: the configs, tokenizer and chat templates the tests use
 
 DEFAULT_METHODS = "meteor,visionzip,fastv,pdrop,dart,sparsevlm"
 
 
-def _clip(width: int, image: int = 336, patch: int = 14, layers: int = 24):
-    from transformers import CLIPVisionConfig
+def _clip(width: int):
+    """CLIP-L/336's token geometry (24 blocks, patch 14: 576 tokens) at ``width``."""
+    from tests.model.hf_vlm_builders import _clip as clip_config
 
-    return CLIPVisionConfig(hidden_size=width, intermediate_size=4 * width, num_hidden_layers=layers,
-                            num_attention_heads=max(1, width // 64), image_size=image, patch_size=patch)
+    return clip_config(hidden_size=width, intermediate_size=4 * width, num_hidden_layers=24,
+                       num_attention_heads=max(1, width // 64), image_size=336, patch_size=14)
 
 
 def _llm(model_type: str, vocab: int, width: int, layers: int, **kw):
-    from transformers import AutoConfig
+    """A ``layers``-deep LLM of ``width`` (Llama-7B's MLP ratio, head dim 64, no GQA)."""
+    from tests.model.hf_vlm_builders import _text
 
     heads = max(2, width // 64)
-    return AutoConfig.for_model(model_type, vocab_size=vocab, hidden_size=width, intermediate_size=int(2.6875 * width),
-                                num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
-                                pad_token_id=0, bos_token_id=2, eos_token_id=3, max_position_embeddings=8192, **kw)
+    return _text(model_type, vocab, hidden_size=width, intermediate_size=int(2.6875 * width), num_hidden_layers=layers,
+                 num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=8192, **kw)
 
 
 def build(family: str, out: Path, *, tower: int, width: int, layers: int) -> Path:

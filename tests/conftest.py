@@ -1,8 +1,10 @@
-"""Shared fixtures: an isolated working directory and environment, and a CLI runner."""
+"""Shared fixtures: an isolated working directory and environment, a CLI runner, bench/ scripts."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
+from pathlib import Path
 
 import pytest
 
@@ -32,3 +34,19 @@ def cli():
         return runner.invoke(app, list(args), env={"COLUMNS": "200", **(env or {})}, input=input)
 
     return invoke
+
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+@pytest.fixture
+def bench_module():
+    """Load ``bench/NAME.py`` as a module (bench/ is a folder of scripts, not a package)."""
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+
+    return load

@@ -3,7 +3,6 @@ length (so methods decode alike), and its table reads the budgets the methods we
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -12,18 +11,11 @@ from pathlib import Path
 SCRIPT = Path(__file__).resolve().parent.parent / "bench" / "hf_vlm_speed.py"
 
 
-def _module():
-    spec = importlib.util.spec_from_file_location("hf_vlm_speed", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_built_llava_has_576_tokens_and_never_says_eos(tmp_path):
+def test_built_llava_has_576_tokens_and_never_says_eos(tmp_path, bench_module):
     import torch
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-    d = _module().build("llava", tmp_path / "m", tower=32, width=64, layers=4)
+    d = bench_module("hf_vlm_speed").build("llava", tmp_path / "m", tower=32, width=64, layers=4)
     model = LlavaForConditionalGeneration.from_pretrained(d)
     proc = AutoProcessor.from_pretrained(d)
     assert model.config.vision_config.image_size // model.config.vision_config.patch_size == 24  # 576 tokens

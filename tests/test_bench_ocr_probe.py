@@ -2,26 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
 from meteor_cli.data.synthvqa import SynthConfig, generate, make_item, spell
 
-BENCH = Path(__file__).resolve().parent.parent / "bench"
 
-
-def _module(name):
-    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_reading_set_of_an_ocr_only_large_set_is_true_and_the_probe_summarises_it(tmp_path):
-    reading, probe = _module("synthvqa_reading"), _module("ocr_probe")
+def test_reading_set_of_an_ocr_only_large_set_is_true_and_the_probe_summarises_it(tmp_path, bench_module):
+    reading, probe = bench_module("synthvqa_reading"), bench_module("ocr_probe")
     cfg = SynthConfig(ocr_style="large", families=("ocr",))
     generate(tmp_path / "sv", n_train=0, n_eval=10, seed=8, cfg=cfg)
     assert reading.build(tmp_path / "sv", tmp_path / "out", 10) == 10
@@ -57,8 +46,8 @@ def test_reading_set_of_an_ocr_only_large_set_is_true_and_the_probe_summarises_i
     assert text_table.splitlines()[1].split()[:2] == ["full", "10"] and len(text_table.splitlines()) == 6
 
 
-def test_probe_refuses_an_evaluation_seed_used_for_training(tmp_path, capsys):
-    probe = _module("ocr_probe")
+def test_probe_refuses_an_evaluation_seed_used_for_training(tmp_path, capsys, bench_module):
+    probe = bench_module("ocr_probe")
     with pytest.raises(SystemExit):
         probe.main(["--model", "tiny", "--out", str(tmp_path / "p"), "--train-seed", "3", "--eval-seed", "3"])
     assert "must differ" in capsys.readouterr().err and not (tmp_path / "p").exists()

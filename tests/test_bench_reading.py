@@ -2,24 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 from meteor_cli.data.synthvqa import generate, make_item, spell
 
-SCRIPT = Path(__file__).resolve().parent.parent / "bench" / "synthvqa_reading.py"
 
-
-def _module():
-    spec = importlib.util.spec_from_file_location("synthvqa_reading", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_reading_questions_are_true_and_collapse_is_reported(tmp_path):
-    mod = _module()
+def test_reading_questions_are_true_and_collapse_is_reported(tmp_path, bench_module):
+    mod = bench_module("synthvqa_reading")
     generate(tmp_path / "sv", n_train=0, n_eval=12, seed=5)
     assert mod.build(tmp_path / "sv", tmp_path / "out", 2) == 2
     qs = [json.loads(x) for x in (tmp_path / "out" / "set" / "eval" / "questions.jsonl").open()]

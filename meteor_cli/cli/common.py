@@ -613,5 +613,6 @@ class MeteorGroup(typer.core.TyperGroup):
             return super().invoke(ctx)
 
 
-__all__ = ["AllowOutsideRoot", "AllocationOption", "PruneLLMOption", "Stage1MethodOption", "Stage1OptionOption", "Run", "MeteorGroup", "meteor_command", "not_built", "load_project_file", "reporting_errors",
-           "NotBuiltError"]
+__all__ = ["AllowOutsideRoot", "AllocationOption", "PruneLLMOption", "Stage1MethodOption",
+           "Stage1OptionOption", "Run", "MeteorGroup", "meteor_command", "not_built", "load_project_file",
+           "reporting_errors", "NotBuiltError"]

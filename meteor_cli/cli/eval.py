@@ -73,7 +73,8 @@ def main(
     template: TemplateOption = None,
     method: Annotated[str | None, typer.Option(
         "--method", help="Methods side by side, comma-separated, each built at the budget in this run: unpruned, "
-        "meteor (needs --ranks and a meteor --prune-llm), fastv, pdrop, dart, sparsevlm, random, separate, pool, divprune, visionzip, "
+        "meteor (needs --ranks and a meteor --prune-llm), fastv, pdrop, dart, sparsevlm, random, separate, pool, "
+        "divprune, visionzip, "
         "prumerge+, or any registered policy (`meteor list policies`). Stage-3 methods average the budget over "
         "the LLM's layers; Stage-1/2 methods let that many tokens into the LLM.", show_default=False)] = None,
     budget: Annotated[float | None, typer.Option(

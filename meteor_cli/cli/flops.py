@@ -137,12 +137,12 @@ def count(vlm_cfg: Any, llm_cfg: dict[str, Any], alloc: dict[str, Any] | None, s
         # divprune chooses among the projector's outputs: it projects every position (positions.py)
         projects_all = bool(alloc) and alloc["stage2"].get("method") == "divprune"
         n_proj = n_unpruned if projects_all else n_vis
+        note = None
+        if n_vis < n_unpruned:
+            note = ("every shared position (divprune selects among the projector's outputs)" if projects_all else
+                    f"{n_vis} of the {n_unpruned} shared positions (Stage 2 selects before the projector)")
         rep.add("projector/fused", F.projector_macs(n_proj, sum(e.width for e in vlm_cfg.encoders), d_llm,
-                                                    convention=convention),
-                "every shared position (divprune selects among the projector's outputs)" if projects_all and
-                n_vis < n_unpruned else
-                f"{n_vis} of the {n_unpruned} shared positions (Stage 2 selects before the projector)"
-                if n_vis < n_unpruned else None)
+                                                    convention=convention), note)
     dims = F.LLMDims.from_hf_config(llm_cfg)
     source = None
     if s3:

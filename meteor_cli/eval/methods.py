@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from meteor_cli.errors import UsageError
+from meteor_cli.pruning.schedule import layer_averaged_tokens
 
 #: Methods with a built-in recipe for a budget (any other registered policy name works too).
 BUILTIN_METHODS: dict[str, str] = {
@@ -82,24 +83,24 @@ def fastv_setting(n: int, target: float, n_layers: int) -> tuple[int, float]:
     return 1, fastv_ratio(n, target, n_layers, 1)  # raises, naming the budget
 
 
+def _solve(avg: Any, target: float, lo: float, hi: float, steps: int) -> float:
+    """Bisection for ``x`` in [lo, hi] with ``avg(x) = target`` (``avg`` non-decreasing)."""
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if avg(mid) < target else (lo, mid)
+    return (lo + hi) / 2
+
+
 def pdrop_ratio(n: int, target: float, layers: int, points: list[int]) -> float:
     """PyramidDrop's geometric ratio r (keep r, r², … of ``n`` from each point on) averaging ``target`` (bisection)."""
 
     def avg(r: float) -> float:
-        bounds = [*points, layers]
-        total = bounds[0] * n
-        for s in range(len(points)):
-            total += (bounds[s + 1] - bounds[s]) * n * r ** (s + 1)
-        return total / layers
+        return layer_averaged_tokens(n, points, [n * r ** (s + 1) for s in range(len(points))], layers)
 
     if avg(0.0) > target or avg(1.0) < target:
         raise UsageError(f"PyramidDrop at layers {points} cannot average {target:.0f} of {n} visual tokens",
                          "raise --budget")
-    lo, hi = 0.0, 1.0
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if avg(mid) < target else (lo, mid)
-    return round((lo + hi) / 2, 4)
+    return round(_solve(avg, target, 0.0, 1.0, 60), 4)
 
 
 def pdrop_setting(n: int, target: float, n_layers: int) -> tuple[list[int], float]:
@@ -140,28 +141,20 @@ def sparsevlm_setting(n: int, target: float, n_layers: int) -> tuple[list[int], 
     from meteor_cli.pruning.sparsevlm import REFERENCE_COUNTS, REFERENCE_TOKENS, sparsevlm_layers
 
     nominal = min(REFERENCE_COUNTS, key=lambda t: (abs(t - target * REFERENCE_TOKENS / n), t))
+    shape = [c / REFERENCE_TOKENS for c in REFERENCE_COUNTS[nominal]]
+
+    def avg(pts: list[int], alpha: float) -> float:
+        return layer_averaged_tokens(n, pts, [min(n, max(1.0, alpha * f * n)) for f in shape[: len(pts)]], n_layers)
+
     default = sparsevlm_layers(n_layers)
-    for pts in (default, sorted({1, *default[1:]})):  # [inferred] from layer 1 when its own first layer cannot
-        shape = [c / REFERENCE_TOKENS for c in REFERENCE_COUNTS[nominal]][: len(pts)]
-        bounds = [*pts, n_layers]
-
-        def avg(alpha: float) -> float:
-            total = bounds[0] * n
-            for j, f in enumerate(shape):
-                total += (bounds[j + 1] - bounds[j]) * min(n, max(1.0, alpha * f * n))
-            return total / n_layers
-
-        if avg(0.0) <= target <= avg(1e6):
-            break
-    else:
-        raise UsageError(f"SparseVLM at layers {pts} cannot average {target:.0f} of {n} visual tokens over "
-                         f"{n_layers} layers", f"raise the budget to at least {math.ceil(avg(0.0))}")
-    lo, hi = 0.0, 1e6
-    for _ in range(200):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if avg(mid) < target else (lo, mid)
-    alpha = (lo + hi) / 2
-    return pts, [round(min(1.0, alpha * f), 4) for f in shape]
+    candidates = (default, sorted({1, *default[1:]}))  # [inferred] from layer 1 when its own first layer cannot
+    pts = next((p for p in candidates if avg(p, 0.0) <= target <= avg(p, 1e6)), None)
+    if pts is None:
+        least = math.ceil(avg(candidates[-1], 0.0))
+        raise UsageError(f"SparseVLM at layers {candidates[-1]} cannot average {target:.0f} of {n} visual tokens "
+                         f"over {n_layers} layers", f"raise the budget to at least {least}")
+    alpha = _solve(lambda a: avg(pts, a), target, 0.0, 1e6, 200)
+    return pts, [round(min(1.0, alpha * f), 4) for f in shape[: len(pts)]]
 
 
 def single_layer_count(n: int, target: float, n_layers: int) -> tuple[int, int]:
@@ -408,8 +401,9 @@ def build_setting(method: str, target: int | None, shape: ModelShape, *, ranks: 
         return EvalSetting("unpruned")
     if target is None:
         raise UsageError(f"--method {method} needs a budget", "add --budget F, --visual-tokens T or --sweep V1,V2,...")
-    stage = (1 if method in STAGE1_METHODS else 2 if method in STAGE2_METHODS else 3 if method in ("dart", "fastv", "pdrop", "sparsevlm")
-             else 0 if method == "meteor" else policy_stage(method))
+    stage = (1 if method in STAGE1_METHODS else 2 if method in STAGE2_METHODS
+             else 3 if method in ("dart", "fastv", "pdrop", "sparsevlm") else 0 if method == "meteor"
+             else policy_stage(method))
     ratio_ok = method in PER_TILE_STAGE3 or method == "meteor"
     if shape.per_tile is not None and stage not in (1, 2) and not ratio_ok:
         raise UsageError(f"on {shape.per_tile} a budget counts tokens per "
@@ -515,7 +509,7 @@ def calibrate_meteor(vlm: Any, setting: Any, images: Sequence[Any], prompts: Seq
     from meteor_cli.eval.runner import images_for, install_pruning
     from meteor_cli.pruning.llm_policies import make_policy
     from meteor_cli.pruning.llm_pruner import LLMPruner, text_config
-    from meteor_cli.pruning.schedule import calibrate_scale, layer_averaged_tokens
+    from meteor_cli.pruning.schedule import calibrate_scale
 
     install_pruning(vlm, setting.allocation, None, seed=seed)
     body = {k: v for k, v in setting.prune_llm.items() if k != "method"}

@@ -155,6 +155,7 @@ class MultiEncoderVLM(nn.Module):
             maps.append(fmap)
         fused = torch.cat(maps, dim=1).flatten(2).transpose(1, 2)  # (B, g², ΣD)
         pos = torch.arange(g * g, device=fused.device).expand(B, -1)
+        z = None  # the projector's output, when Stage 2 computed it to choose (divprune)
         if self.stage2 is not None:
             from meteor_cli.pruning.positions import select_positions
 
@@ -164,12 +165,10 @@ class MultiEncoderVLM(nn.Module):
             res = select_positions(policy, fused, torch.stack(covered, 1), widths, self.projectors["fused"][0].weight,
                                    sample_ids=keys, project=self.projectors["fused"])
             if res is not None:
-                pos = res.indices
-                if res.projected is not None:  # the selection projected every position already (divprune)
-                    return VisualTokens(res.projected, torch.zeros(pos.shape[1], dtype=torch.long, device=pos.device),
-                                        pos, {"fused": [pos.shape[1]] * B})
+                pos, z = res.indices, res.projected
                 fused = torch.gather(fused, 1, pos.unsqueeze(-1).expand(-1, -1, fused.shape[-1]))
-        z = self.projectors["fused"](fused)
+        if z is None:
+            z = self.projectors["fused"](fused)
         ids = torch.zeros(pos.shape[1], dtype=torch.long, device=z.device)
         return VisualTokens(z, ids, pos, {"fused": [pos.shape[1]] * B})
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from meteor_cli.pruning.stage2 import Stage2Result
+from meteor_cli.pruning.stage2 import Stage2Result, _counts
 from meteor_cli.registry import register_policy
 
 
@@ -59,11 +59,7 @@ def divprune_select(z: torch.Tensor, k: int) -> torch.Tensor:
 def divprune(z: torch.Tensor, encoder_ids: torch.Tensor, keep: int) -> Stage2Result:
     """Stage-2 policy: per sample, DivPrune's ``keep`` tokens among the fused tokens ``z`` (B, N, d)."""
     idx = torch.stack([divprune_select(z[b], keep) for b in range(z.shape[0])])
-    ids = encoder_ids.to(z.device)
-    c = int(ids.max()) + 1 if ids.numel() else 0
-    per_encoder = torch.stack([torch.bincount(ids[row], minlength=c) for row in idx]) if c else \
-        torch.zeros(z.shape[0], 0, dtype=torch.long)
-    return Stage2Result(idx, None, per_encoder)
+    return Stage2Result(idx, None, _counts(idx, encoder_ids, int(encoder_ids.max()) + 1))
 
 
 __all__ = ["divprune", "divprune_select"]

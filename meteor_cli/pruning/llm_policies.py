@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -66,6 +66,8 @@ def last_query(after: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 class _Base:
     layers: list[int] | None = None
     query: str = "text"
+    #: The query kinds this policy takes (a class attribute, not a field).
+    queries: ClassVar[tuple[str, ...]] = QUERIES
 
     def validate(self, num_layers: int, num_heads: int) -> None:
         if self.layers is None:
@@ -78,8 +80,8 @@ class _Base:
         if self.layers[0] < self._min_layer() or self.layers[-1] >= num_layers:
             raise UsageError(f"--layers {self.layers} must lie in {self._min_layer()}..{num_layers - 1} "
                              f"(the LLM has {num_layers} layers)", f"default for this depth: {default_layers(num_layers)}")
-        if self.query not in QUERIES:
-            raise UsageError(f"unknown query {self.query!r}", f"choose from {', '.join(QUERIES)}")
+        if self.query not in self.queries:
+            raise UsageError(f"unknown query {self.query!r}", f"choose from {', '.join(self.queries)}")
 
     def _default_layers(self, num_layers: int) -> list[int]:
         return default_layers(num_layers)
@@ -97,6 +99,15 @@ class _Base:
         from dataclasses import asdict
 
         return asdict(self)
+
+
+def scheduled_count(keep: Sequence[float], layers: Sequence[int], p: int, n: int, session: Any, b: int) -> int:
+    """Visual tokens sample ``b`` keeps at pruning layer ``p`` of a ``keep`` schedule: a count, or a
+    ratio (float ≤ 1) of the visual tokens entering the first pruning layer; at least 1, at most ``n``."""
+    v = keep[list(layers).index(p)]
+    if isinstance(v, float) and v <= 1:
+        v = int(round(v * session.entering[layers[0]][b]))
+    return max(1, min(n, int(v))) if n else 0
 
 
 def _check_heads(heads: int | None, num_heads: int) -> None:
@@ -164,11 +175,7 @@ class FixedPolicy(_Base):
                              "give one count or ratio per pruning layer")
 
     def count(self, p: int, n: int, session: Any, b: int) -> int:
-        v = self.keep[self.layers.index(p)]  # type: ignore[union-attr]
-        if isinstance(v, float) and v <= 1:
-            first = session.entering[self.layers[0]][b]  # type: ignore[index]
-            v = int(round(v * first))
-        return max(1, min(n, int(v))) if n else 0
+        return scheduled_count(self.keep, self.layers, p, n, session, b)  # type: ignore[arg-type]
 
     def select(self, p: int, attn: torch.Tensor, n: int, session: Any, b: int) -> torch.Tensor:
         if n == 0:
@@ -249,4 +256,4 @@ def make_policy(method: str, **settings: Any) -> Any:
 
 
 __all__ = ["AllHeadsPolicy", "FastVPolicy", "FixedPolicy", "MeteorPolicy", "PDropPolicy", "default_layers",
-           "last_query", "make_policy", "top_indices"]
+           "last_query", "make_policy", "scheduled_count", "top_indices"]

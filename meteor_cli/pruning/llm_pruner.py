@@ -353,7 +353,7 @@ class _PrunableLayer(nn.Module):
             pruner.score(sess, self.layer, self.index, hidden, sess.pos_emb if sess.pruned else kwargs["position_embeddings"])
         if self.index in pruner.policy.layers:
             hidden = pruner.prune(sess, self.index, hidden)
-        if scores_for is not None and scores_for != self.index:
+        if scores_for not in (None, self.index):
             pruner.score(sess, self.layer, self.index, hidden, sess.pos_emb if sess.pruned else kwargs["position_embeddings"])
         if sess.pruned:
             kwargs["attention_mask"] = sess.layer_mask
@@ -500,5 +500,5 @@ class LLMPruner:
         return hidden
 
 
-__all__ = ["LLMPruner", "PackedState", "Session", "additive_mask", "apply_rope", "decoder_of", "query_attention", "query_index",
-           "takes_padding_masks", "text_config"]
+__all__ = ["LLMPruner", "PackedState", "Session", "additive_mask", "apply_rope", "decoder_of", "query_attention",
+           "query_index", "takes_padding_masks", "text_config"]

@@ -24,8 +24,8 @@ to positions. Every choice here is **[inferred]** (a METEOR-style default, docs/
 ``stage2.method`` ``random`` draws the positions uniformly (seeded per sample, covered positions
 first). ``divprune`` runs DivPrune on what its reference runs it on, the tokens that enter the LLM:
 the shared projector's output at every covered position (projected once; the kept ones are reused,
-not projected again), then uncovered positions if the budget is larger. ``separate`` (per-encoder quotas) has no meaning when a position is shared by all
-encoders: it is refused with a message. ``stage2.floor`` (each encoder first keeps a fraction of
+not projected again), then uncovered positions if the budget is larger. ``separate`` (per-encoder
+quotas) has no meaning when a position is shared by all encoders: it is refused with a message. ``stage2.floor`` (each encoder first keeps a fraction of
 its share, ``meteor allocate``'s default 0.5) is met by construction — a kept position keeps every
 encoder's features there — so it changes nothing here.
 """

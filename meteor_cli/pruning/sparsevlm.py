@@ -41,12 +41,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
 from meteor_cli.errors import UsageError
-from meteor_cli.pruning.llm_policies import _Base, _check_heads, top_indices
+from meteor_cli.pruning.llm_policies import QUERIES, _Base, _check_heads, scheduled_count, top_indices
 from meteor_cli.registry import register_policy
 
 #: v2's ``sparse_token_list`` of SparseVLMs' score.py: kept counts after layers 2, 6, 15 of 576.
@@ -87,10 +87,11 @@ def raters(hidden: torch.Tensor, visual: torch.Tensor, text: torch.Tensor) -> to
 
 def rope_bias(pos_emb: tuple[torch.Tensor, torch.Tensor], q_idx: torch.Tensor, batch: int) -> torch.Tensor:
     """(B, Q, L) the attention logit of all-ones q and k rotated at the query rows' and keys' positions."""
+    from meteor_cli.pruning.llm_pruner import apply_rope
+
     cos, sin = (t.expand(batch, -1, -1).float() for t in pos_emb)
-    dh = cos.shape[-1]
-    sign = torch.cat([-torch.ones(dh // 2), torch.ones(dh - dh // 2)]).to(cos.device)
-    r = cos + sign * sin  # rotate(ones) = ones·cos + rotate_half(ones)·sin
+    B, L, dh = cos.shape
+    r = apply_rope(cos.new_ones(B, 1, L, dh), cos, sin)[:, 0]  # (B, L, dh): all-ones vectors, rotated
     rq = torch.gather(r, 1, q_idx.unsqueeze(-1).expand(-1, -1, dh))
     return rq @ r.transpose(1, 2) / math.sqrt(dh)
 
@@ -112,15 +113,10 @@ class SparseVLMPolicy(_Base):
     def _min_layer(self) -> int:
         return 1  # scores come from the layer before
 
+    queries: ClassVar[tuple[str, ...]] = (*QUERIES, "raters")
+
     def validate(self, num_layers: int, num_heads: int) -> None:
-        if self.query == "raters":  # the base class knows the shared query kinds only
-            self.query = "text"
-            try:
-                super().validate(num_layers, num_heads)
-            finally:
-                self.query = "raters"
-        else:
-            super().validate(num_layers, num_heads)
+        super().validate(num_layers, num_heads)
         if self.heads is None:
             self.heads = max(1, round(REFERENCE_HEADS * num_heads / 32))
         _check_heads(self.heads, num_heads)
@@ -140,10 +136,7 @@ class SparseVLMPolicy(_Base):
         return raters(hidden, visual, after)
 
     def count(self, p: int, n: int, session: Any, b: int) -> int:
-        v = self.keep[self.layers.index(p)]  # type: ignore[union-attr]
-        if isinstance(v, float) and v <= 1:
-            v = round(v * session.entering[self.layers[0]][b])  # type: ignore[index]
-        return max(1, min(n, int(v))) if n else 0
+        return scheduled_count(self.keep, self.layers, p, n, session, b)  # type: ignore[arg-type]
 
     # -- the state-based hooks of LLMPruner: the correction needs the positions, not only probabilities --
 

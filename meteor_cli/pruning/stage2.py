@@ -27,8 +27,8 @@ chosen jointly. ``floor=0`` is the paper's joint selection.
 
 ``meteor allocate`` records the paper's ``sum`` with a floor of 0.5 by default
 (``meteor_cli.pruning.DEFAULT_SCORE``, ``DEFAULT_FLOOR``): on ``tiny-synthvqa-v2`` (a model that
-reads) at 24 of 96 tokens it scored 62.5 on the development seed, where it was chosen (tied with ``mean`` and ``mean`` + floor 0.5,
-broken towards the paper's score), against 51.0 for ``zscore``, the default chosen earlier on
+reads) at 24 of 96 tokens it scored 62.5 on the development seed, where it was chosen (tied with
+``mean`` and ``mean`` + floor 0.5, broken towards the paper's score), against 51.0 for ``zscore``, the default chosen earlier on
 v1, which read nothing, and 43.0 for ``sum`` alone; held out: 62.0 / 59.5 against 53.0 / 51.0 and
 37.0 / 40.0 (docs/synthvqa.md, "Stage-2 redundancy scores"). ``Stage2`` and allocations that name
 no score keep ``sum`` without a floor: an artifact means what it meant when written.

@@ -36,19 +36,21 @@ def tokenizer(specials: list[str]):
                                    unk_token="<unk>", extra_special_tokens=specials)
 
 
-def _clip(layers: int = 3):
+def _clip(**kw):
+    """A CLIP vision config: the tests' tiny one (32 px / 8: 16 tokens), any field overridable."""
     from transformers import CLIPVisionConfig
 
-    return CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=layers, num_attention_heads=2,
-                            image_size=32, patch_size=8)
+    return CLIPVisionConfig(**{"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 3,
+                               "num_attention_heads": 2, "image_size": 32, "patch_size": 8, **kw})
 
 
 def _text(model_type: str, vocab: int, **kw):
+    """A text config of ``model_type``: the tests' tiny 4-layer, 64-wide one, any field overridable."""
     from transformers import AutoConfig
 
-    return AutoConfig.for_model(model_type, vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                                num_attention_heads=4, num_key_value_heads=2, pad_token_id=0, bos_token_id=2,
-                                eos_token_id=3, **kw)
+    return AutoConfig.for_model(model_type, **{"vocab_size": vocab, "hidden_size": 64, "intermediate_size": 128,
+                                               "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2,
+                                               "pad_token_id": 0, "bos_token_id": 2, "eos_token_id": 3, **kw})
 
 
 def build_llava(out: Path, *, text_model: str = "llama", seed: int = 0) -> Path:
